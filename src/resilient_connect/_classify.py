@@ -1,0 +1,111 @@
+"""Turn an error into a decision: worth another attempt, or not.
+
+Users describe what to retry with ``on=``: an exception type, a tuple of
+types, or a predicate. Adapters bring richer classifiers that also say *which
+rule* matched, so that logs can tell "retrying: server is starting up" from
+"not retrying: password authentication failed". Both become a function
+``Exception -> Verdict``.
+
+Only ``Exception`` subclasses ever reach a classifier: ``KeyboardInterrupt``,
+``SystemExit``, ``GeneratorExit`` and ``asyncio.CancelledError`` derive from
+``BaseException`` alone and are never caught, whatever ``on`` says.
+"""
+
+from __future__ import annotations
+
+from ._values import value
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import TypeAlias
+
+    RetryOn: TypeAlias = (
+        type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+    )
+    Classifier: TypeAlias = Callable[[Exception], "Verdict"]
+
+
+@value
+class Verdict:
+    """The outcome of classifying one error.
+
+    Attributes:
+        transient: ``True`` if another attempt may succeed.
+        rule: short name of the rule that decided, shown in logs and events.
+    """
+
+    transient: bool
+    rule: str
+
+
+def classifier_for(on: RetryOn | None) -> Classifier:
+    """Normalise ``on=`` into a classifier.
+
+    ``None`` selects :func:`default_classifier`, which knows the errors of the
+    supported drivers and treats other ``OSError`` as transient.
+    """
+    if on is None:
+        return default_classifier
+    if isinstance(on, type) and issubclass(on, BaseException):
+        return _by_types((on,))
+    if isinstance(on, tuple):
+        if not on or not all(isinstance(t, type) and issubclass(t, BaseException) for t in on):
+            msg = f"on= must be an exception type, a tuple of them, or a predicate; got {on!r}"
+            raise TypeError(msg)
+        return _by_types(on)
+    if isinstance(on, type) or not callable(on):
+        msg = f"on= must be an exception type, a tuple of them, or a predicate; got {on!r}"
+        raise TypeError(msg)
+    return _by_predicate(on)
+
+
+def _by_types(types: tuple[type[BaseException], ...]) -> Classifier:
+    names = ", ".join(t.__qualname__ for t in types)
+    match = Verdict(transient=True, rule=f"on=({names})")
+    miss = Verdict(transient=False, rule=f"not on=({names})")
+
+    def classify(exc: Exception) -> Verdict:
+        return match if isinstance(exc, types) else miss
+
+    return classify
+
+
+def _by_predicate(predicate: Callable[[BaseException], bool]) -> Classifier:
+    name = getattr(predicate, "__qualname__", None) or type(predicate).__qualname__
+    match = Verdict(transient=True, rule=f"{name}() is true")
+    miss = Verdict(transient=False, rule=f"{name}() is false")
+
+    def classify(exc: Exception) -> Verdict:
+        return match if predicate(exc) else miss
+
+    return classify
+
+
+# Adapter modules that can classify errors raised by their driver's package.
+_DRIVER_CLASSIFIERS = {
+    "psycopg": "resilient_connect.psycopg",
+    "redis": "resilient_connect.redis",
+    "sqlalchemy": "resilient_connect.sqlalchemy",
+}
+
+
+def default_classifier(exc: Exception) -> Verdict:
+    """Classify with the adapter that knows the error's driver, else by ``OSError``.
+
+    An error raised by psycopg, redis-py or SQLAlchemy is judged by that
+    adapter's rules (the driver is already imported, since it raised). Any other
+    ``OSError`` (refused, reset, timeout, name not resolvable yet) is transient;
+    everything else is a bug or a misconfiguration and is not retried.
+    """
+    package = type(exc).__module__.partition(".")[0]
+    adapter = _DRIVER_CLASSIFIERS.get(package)
+    if adapter is not None:
+        import importlib
+
+        module = importlib.import_module(adapter)
+        verdict: Verdict = module.classify(exc)
+        return verdict
+    if isinstance(exc, OSError):
+        return Verdict(transient=True, rule=f"os-error:{type(exc).__name__}")
+    return Verdict(transient=False, rule=f"not-an-os-error:{type(exc).__name__}")

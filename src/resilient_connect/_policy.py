@@ -1,0 +1,282 @@
+"""Backoff policies: pure values that turn attempt numbers into delays.
+
+Nothing here does I/O or reads a clock. A policy is a frozen value; the delay
+for retry number *n* (0 for the wait after the first failure) is a pure
+function of the policy, *n*, the previous delay and one draw from a random
+source. The engine keeps the per-call state.
+
+The cap (``maximum``) is applied *before* jitter, and every jitter mode is
+shaped so that the result still lies within ``[0, maximum]``. This keeps the
+spread at the cap: peers that all reached the cap still wait different times,
+so they do not reconnect in lock-step (the thundering herd comes back when a
+library clamps *after* jitter and most delays collapse onto the cap).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from ._values import value
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
+    from typing import Literal, Protocol, TypeAlias
+
+    JitterMode: TypeAlias = Literal["none", "full", "equal", "decorrelated"]
+    Jitter: TypeAlias = JitterMode | float
+
+    class RandomSource(Protocol):
+        """Anything with ``random() -> float`` in ``[0, 1)``, such as ``random.Random``."""
+
+        def random(self) -> float: ...
+
+
+JITTER_MODES = ("none", "full", "equal", "decorrelated")
+DECORRELATED_FACTOR = 3.0
+ENV_PREFIX = "RESILIENT_CONNECT_"
+_UNBOUNDED_WORDS = frozenset({"none", "null", "unlimited", "inf", "infinite", "forever"})
+
+
+class PolicyError(ValueError):
+    """A policy value is invalid; ``field`` names the offending field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"Backoff.{field}: {message}")
+        self.field = field
+
+
+def _is_number(candidate: object) -> bool:
+    return isinstance(candidate, (int, float)) and not isinstance(candidate, bool)
+
+
+def _check_number(field: str, number: object, *, minimum: float, strict: bool = False) -> float:
+    if not _is_number(number) or not math.isfinite(number):  # type: ignore[arg-type]
+        raise PolicyError(field, f"must be a finite number, got {number!r}")
+    as_float = float(number)  # type: ignore[arg-type]
+    if as_float < minimum or (strict and as_float == minimum):
+        relation = ">" if strict else ">="
+        raise PolicyError(field, f"must be {relation} {minimum:g}, got {number!r}")
+    return as_float
+
+
+@value
+class Backoff:
+    """How long to wait between attempts, and when to stop.
+
+    All durations are in seconds. The defaults retry for at most 60 seconds,
+    with delays growing from 0.1 s by a factor of 2 up to 5 s, fully jittered:
+    long enough to ride out a database that is starting (1-4 s), a crash
+    recovery (often 10-20 s) or Redis loading a dataset, short enough that a
+    misconfigured service fails within a minute instead of hanging.
+
+    Attributes:
+        initial: delay before the second attempt, before jitter. ``>= 0``.
+        multiplier: growth factor per retry. ``>= 1``; ``1`` gives constant delays.
+        maximum: cap on one delay, applied before jitter; every jitter mode keeps
+            the result within ``[0, maximum]``.
+        attempts: most attempts in all, the first included; ``None`` for no limit.
+        timeout: overall deadline in seconds from the first attempt; ``None`` for
+            none. No sleep and no new attempt starts past it.
+        jitter: ``"none"``, ``"full"``, ``"equal"``, ``"decorrelated"``, or a
+            float ``f`` in ``[0, 1]`` for proportional jitter of +/- ``f``.
+
+    ``attempts=None, timeout=None`` retries until the caller is cancelled; it is
+    allowed, but only when both are passed explicitly.
+    """
+
+    initial: float = 0.1
+    multiplier: float = 2.0
+    maximum: float = 5.0
+    attempts: int | None = None
+    timeout: float | None = 60.0
+    jitter: Jitter = "full"
+
+    if TYPE_CHECKING:
+
+        def replace(
+            self,
+            *,
+            initial: float = ...,
+            multiplier: float = ...,
+            maximum: float = ...,
+            attempts: int | None = ...,
+            timeout: float | None = ...,
+            jitter: Jitter = ...,
+        ) -> Backoff:
+            """Return a copy with some fields changed, validated again."""
+
+    def __post_init__(self) -> None:
+        set_field = object.__setattr__
+        set_field(self, "initial", _check_number("initial", self.initial, minimum=0))
+        set_field(self, "multiplier", _check_number("multiplier", self.multiplier, minimum=1))
+        set_field(self, "maximum", _check_number("maximum", self.maximum, minimum=0))
+        if self.attempts is not None and (
+            not isinstance(self.attempts, int) or isinstance(self.attempts, bool)
+        ):
+            raise PolicyError("attempts", f"must be an int >= 1 or None, got {self.attempts!r}")
+        if self.attempts is not None and self.attempts < 1:
+            raise PolicyError("attempts", f"must be >= 1 or None, got {self.attempts!r}")
+        if self.timeout is not None:
+            set_field(
+                self, "timeout", _check_number("timeout", self.timeout, minimum=0, strict=True)
+            )
+        set_field(self, "jitter", _check_jitter(self.jitter))
+        if self.jitter == "decorrelated" and self.initial == 0:
+            raise PolicyError("jitter", "'decorrelated' needs initial > 0 (it grows from initial)")
+
+    @classmethod
+    def from_env(
+        cls,
+        prefix: str = ENV_PREFIX,
+        *,
+        base: Backoff | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Backoff:
+        """Return ``base`` (default: ``Backoff()``) with overrides from the environment.
+
+        One variable per field, named ``prefix + FIELD`` in upper case, for example
+        ``RESILIENT_CONNECT_TIMEOUT=30``. ``ATTEMPTS`` and ``TIMEOUT`` accept
+        ``none`` (or ``unlimited``) for no limit. Unset or empty variables are
+        ignored. A bad value raises ``ValueError`` naming the variable.
+        """
+        source = os.environ if environ is None else environ
+        policy = cls() if base is None else base
+        changes: dict[str, object] = {}
+        variables: dict[str, str] = {}
+        for field in cls._fields:  # type: ignore[attr-defined]
+            variable = f"{prefix}{field.upper()}"
+            raw = source.get(variable, "").strip()
+            if raw:
+                variables[field] = variable
+                changes[field] = _parse_env(field, variable, raw)
+        if not changes:
+            return policy
+        try:
+            return policy.replace(**changes)  # type: ignore[arg-type]
+        except PolicyError as error:
+            variable = variables.get(error.field, next(iter(variables.values())))
+            msg = f"{variable}={source[variable]!r}: {error}"
+            raise ValueError(msg) from None
+
+    def delay(self, retry: int, previous: float, rng: RandomSource) -> float:
+        """Return the wait before attempt ``retry + 2``.
+
+        ``retry`` counts from 0 (the wait after the first failure); ``previous``
+        is the delay returned last time (ignored except by ``decorrelated``).
+        """
+        jitter = self.jitter
+        if jitter == "decorrelated":
+            return decorrelated_jitter(self.initial, self.maximum, previous, rng.random())
+        ceiling = capped_exponential(self.initial, self.multiplier, self.maximum, retry)
+        if jitter == "full":
+            return full_jitter(ceiling, rng.random())
+        if jitter == "equal":
+            return equal_jitter(ceiling, rng.random())
+        if jitter == "none":
+            return ceiling
+        assert isinstance(jitter, float)  # validated in __post_init__
+        band_cap = self.maximum / (1 + jitter)
+        centre = capped_exponential(self.initial, self.multiplier, band_cap, retry)
+        return proportional_jitter(centre, jitter, rng.random())
+
+    def delays(self, rng: RandomSource | None = None) -> Iterator[float]:
+        """Yield the waits between attempts, in order.
+
+        There are ``attempts - 1`` of them, or an endless stream when
+        ``attempts`` is ``None``. ``timeout`` is not applied here: it depends on
+        how long each attempt takes, which only the engine knows. ``rng``
+        defaults to the ``random`` module.
+        """
+        if rng is None:
+            import random
+
+            rng = random
+        previous = self.initial
+        retry = 0
+        while self.attempts is None or retry < self.attempts - 1:
+            previous = self.delay(retry, previous, rng)
+            yield previous
+            retry += 1
+
+
+def capped_exponential(initial: float, multiplier: float, maximum: float, retry: int) -> float:
+    """``min(maximum, initial * multiplier ** retry)``, safe for any ``retry``.
+
+    Large retry numbers would overflow a float power; once the product is past
+    the cap it cannot come back, so overflow simply means "the cap".
+    """
+    try:
+        raw = initial * multiplier**retry
+    except OverflowError:
+        return maximum
+    return min(maximum, raw)
+
+
+def full_jitter(ceiling: float, draw: float) -> float:
+    """``uniform(0, ceiling)``: the widest spread; some waits are near zero."""
+    return ceiling * draw
+
+
+def equal_jitter(ceiling: float, draw: float) -> float:
+    """``ceiling / 2 + uniform(0, ceiling / 2)``: at least half the delay, always."""
+    half = ceiling / 2
+    return half + half * draw
+
+
+def decorrelated_jitter(initial: float, maximum: float, previous: float, draw: float) -> float:
+    """``uniform(initial, min(maximum, 3 * previous))``: grows from the last wait.
+
+    The classic formula is ``min(maximum, uniform(initial, 3 * previous))``;
+    clamping after the draw returns exactly ``maximum`` two times in three once
+    ``previous`` reaches the cap. Drawing below the cap keeps the spread.
+    ``multiplier`` is not used: the growth factor of this mode is 3.
+    """
+    upper = min(maximum, DECORRELATED_FACTOR * max(previous, initial))
+    lower = min(initial, upper)
+    return lower + (upper - lower) * draw
+
+
+def proportional_jitter(centre: float, spread: float, draw: float) -> float:
+    """``centre * uniform(1 - spread, 1 + spread)``.
+
+    The policy computes ``centre`` with the cap ``maximum / (1 + spread)``, so
+    the band's top is ``maximum`` and the jitter survives at the cap.
+    """
+    return centre * (1 - spread + 2 * spread * draw)
+
+
+def _check_jitter(jitter: object) -> Jitter:
+    if isinstance(jitter, str):
+        mode = jitter.strip().lower()
+        if mode in JITTER_MODES:
+            return mode  # type: ignore[return-value]
+    elif isinstance(jitter, (int, float)) and not isinstance(jitter, bool):
+        spread = float(jitter)
+        if math.isfinite(spread) and 0 <= spread <= 1:
+            return spread
+    raise PolicyError(
+        "jitter",
+        f"must be one of {', '.join(JITTER_MODES)} or a number in [0, 1], got {jitter!r}",
+    )
+
+
+def _parse_env(field: str, variable: str, raw: str) -> object:
+    lowered = raw.lower()
+    try:
+        if field == "jitter":
+            return lowered if lowered in JITTER_MODES else float(raw)
+        if field in {"attempts", "timeout"} and lowered in _UNBOUNDED_WORDS:
+            return None
+        if field == "attempts":
+            return int(raw)
+        return float(raw)
+    except ValueError:
+        kind = "an integer" if field == "attempts" else "a number"
+        msg = f"{variable}={raw!r}: expected {kind}"
+        if field in {"attempts", "timeout"}:
+            msg += " or 'none'"
+        if field == "jitter":
+            msg = f"{variable}={raw!r}: expected one of {', '.join(JITTER_MODES)} or a number"
+        raise ValueError(msg) from None
