@@ -31,6 +31,9 @@ class Event:
         cause: one line describing ``exception``, secrets removed ("" if none).
     """
 
+    # The exception's own repr may quote a DSN with its password; the repr shows its type.
+    _repr_hidden = ("exception",)
+
     target: str
     attempt: int
     elapsed: float

@@ -90,7 +90,7 @@ def _redact_key_values(text: str, secrets: list[str]) -> str:
     keys = "|".join(SECRET_KEYS)
     pattern = re.compile(
         rf"(?P<key>(?:^|(?<=[\s?&;,(])){keys})(?P<eq>\s*=\s*)"
-        r"(?P<value>'(?:[^'\\]|\\.)*'?|\"(?:[^\"\\]|\\.)*\"?|[^\s&;,)]*)",
+        r"(?P<value>(?:'(?:[^'\\]|\\.)*'?|\"(?:[^\"\\]|\\.)*\"?)?[^\s&;,)]*)",
         re.IGNORECASE,
     )
 

@@ -45,7 +45,8 @@ def value(cls: type[_T]) -> type[_T]:
     """Turn an annotated class into a frozen, slotted, keyword-only value class.
 
     Fields are the class's own annotations in order, after those of a value base
-    class. A class attribute with the same name is the field's default.
+    class. A class attribute with the same name is the field's default. Fields
+    named in a ``_repr_hidden`` class attribute show only their type in the repr.
     """
     own = tuple(cls.__dict__.get("__annotations__", {}))
     inherited: tuple[str, ...] = getattr(cls, "_fields", ())
@@ -78,8 +79,15 @@ def value(cls: type[_T]) -> type[_T]:
     def _values(self: Any) -> tuple[Any, ...]:
         return tuple(getattr(self, field) for field in fields)
 
+    hidden = frozenset(getattr(cls, "_repr_hidden", ()))
+
     def __repr__(self: Any) -> str:
-        inner = ", ".join(f"{field}={getattr(self, field)!r}" for field in fields)
+        inner = ", ".join(
+            f"{field}=<{type(getattr(self, field)).__name__}>"
+            if field in hidden
+            else f"{field}={getattr(self, field)!r}"
+            for field in fields
+        )
         return f"{type(self).__qualname__}({inner})"
 
     def __eq__(self: Any, other: object) -> bool:

@@ -1,0 +1,52 @@
+"""The package surface: curated __all__, lean import, typed marker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import resilient_connect
+import resilient_connect.testing
+
+
+def test_all_is_sorted_and_complete() -> None:
+    """__all__ is sorted and lists every public name the package defines."""
+    exported = resilient_connect.__all__
+    assert exported == sorted(exported)
+    public = {
+        name
+        for name in vars(resilient_connect)
+        if not name.startswith("_") and name not in {"testing", "TYPE_CHECKING"}
+    }
+    # Submodules imported by adapters or tests show up as attributes; they are not API names.
+    public -= {"psycopg", "redis", "sqlalchemy"}
+    assert public | {"__version__"} == set(exported)
+    assert all(hasattr(resilient_connect, name) for name in exported)
+
+
+def test_testing_all_is_sorted_and_complete() -> None:
+    """resilient_connect.testing exports exactly its public names."""
+    exported = resilient_connect.testing.__all__
+    assert exported == sorted(exported)
+    assert all(hasattr(resilient_connect.testing, name) for name in exported)
+
+
+def test_import_loads_no_driver_and_no_asyncio() -> None:
+    """`import resilient_connect` loads no database driver, no asyncio and no logging."""
+    code = "import sys, json, resilient_connect; print(json.dumps(sorted(m for m in sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    modules = set(json.loads(result.stdout))
+    # json itself is imported by the probe after resilient_connect; it is not counted.
+    forbidden = {"psycopg", "redis", "sqlalchemy", "asyncio", "logging", "typing_extensions"}
+    loaded = {m for m in modules if m.split(".")[0] in forbidden}
+    assert loaded == set()
+
+
+def test_ships_py_typed_and_version() -> None:
+    """The package carries the PEP 561 marker and a version string."""
+    assert (Path(resilient_connect.__file__).parent / "py.typed").is_file()
+    assert resilient_connect.__version__.count(".") >= 2
