@@ -221,27 +221,27 @@ class _Run:
         return Attempt(self.attempt, self.deadline, self.clock)
 
     def failed(self, exc: Exception) -> float:
-        """Return the delay before the next attempt, or raise (the error or ``RetryExhausted``)."""
+        """Return the delay before the next attempt, or raise (the error or ``RetryExhausted``).
+
+        Redaction and event records cost microseconds, so they are built only
+        when a hook will see them or an error message needs them.
+        """
         retrier = self.retrier
         policy = retrier.policy
         verdict = retrier.classify(exc)
         now = self.clock()
-        elapsed = now - self.start
-        redactor = self._redactor()
-        target = redactor.target
         if not verdict.transient:
             if retrier.hooks:
-                cause = redactor.describe(exc)
-                self._emit(
-                    NotRetried(
-                        target=target,
-                        attempt=self.attempt,
-                        elapsed=elapsed,
-                        exception=exc,
-                        cause=cause,
-                        rule=verdict.rule,
-                    )
+                redactor = self._redactor()
+                event = NotRetried(
+                    target=redactor.target,
+                    attempt=self.attempt,
+                    elapsed=now - self.start,
+                    exception=exc,
+                    cause=redactor.describe(exc),
+                    rule=verdict.rule,
                 )
+                self._emit(event)
             raise exc
         reason: GiveUpReason | None = None
         delay = 0.0
@@ -251,40 +251,47 @@ class _Run:
             delay = policy.delay(self.attempt - 1, self.previous, self.rng)
             if self.deadline is not None and now + delay >= self.deadline:
                 reason = "deadline"
-        cause = redactor.describe(exc)
         if reason is not None:
+            self._give_up(exc, verdict.rule, reason, now - self.start)
+        self.previous = delay
+        if retrier.hooks:
+            redactor = self._redactor()
+            self._emit(
+                RetryScheduled(
+                    target=redactor.target,
+                    attempt=self.attempt,
+                    elapsed=now - self.start,
+                    exception=exc,
+                    cause=redactor.describe(exc),
+                    delay=delay,
+                    rule=verdict.rule,
+                )
+            )
+        return delay
+
+    def _give_up(self, exc: Exception, rule: str, reason: GiveUpReason, elapsed: float) -> None:
+        redactor = self._redactor()
+        cause = redactor.describe(exc)
+        if self.retrier.hooks:
             self._emit(
                 GaveUp(
-                    target=target,
+                    target=redactor.target,
                     attempt=self.attempt,
                     elapsed=elapsed,
                     exception=exc,
                     cause=cause,
                     reason=reason,
-                    rule=verdict.rule,
+                    rule=rule,
                 )
             )
-            raise RetryExhausted(
-                target=target,
-                attempts=self.attempt,
-                elapsed=elapsed,
-                last_exception=exc,
-                reason=reason,
-                cause=cause,
-            ) from exc
-        self.previous = delay
-        self._emit(
-            RetryScheduled(
-                target=target,
-                attempt=self.attempt,
-                elapsed=elapsed,
-                exception=exc,
-                cause=cause,
-                delay=delay,
-                rule=verdict.rule,
-            )
-        )
-        return delay
+        raise RetryExhausted(
+            target=redactor.target,
+            attempts=self.attempt,
+            elapsed=elapsed,
+            last_exception=exc,
+            reason=reason,
+            cause=cause,
+        ) from exc
 
     def recovered(self) -> None:
         if self.retrier.hooks:

@@ -1,0 +1,193 @@
+"""Overhead of resilient_connect next to tenacity, backoff and stamina, in one run.
+
+Measures, with comparable settings (retry on OSError, at most 3 attempts,
+no logging):
+
+* success path: a decorated no-op (sync, and async awaited in a loop) minus a
+  bare call of the same no-op;
+* machinery per failed attempt: a function that fails 9 times and then
+  succeeds, with every wait set to zero, divided by the 9 retries;
+* import time: ``import X`` in a fresh interpreter, minus a bare interpreter.
+
+Run: ``python benchmarks/overhead.py`` (``--quick`` for a short smoke run).
+The machine is shared and noisy: each number is the best of several
+repetitions, and the ratios between libraries measured in the same run are
+what to quote, not single absolute times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+import backoff
+import stamina
+import tenacity
+
+import resilient_connect as rc
+
+FAILURES = 9
+
+
+def best_per_call(run: Callable[[int], float], number: int, repeat: int) -> float:
+    """Best (lowest) seconds per call over `repeat` timed batches of `number` calls."""
+    return min(run(number) / number for _ in range(repeat))
+
+
+def sync_batch(fn: Callable[[], object]) -> Callable[[int], float]:
+    def run(number: int) -> float:
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        return time.perf_counter() - start
+
+    return run
+
+
+def async_batch(fn: Callable[[], Awaitable[object]]) -> Callable[[int], float]:
+    async def loop(number: int) -> float:
+        start = time.perf_counter()
+        for _ in range(number):
+            await fn()
+        return time.perf_counter() - start
+
+    def run(number: int) -> float:
+        return asyncio.run(loop(number))
+
+    return run
+
+
+def noop() -> None:
+    return None
+
+
+async def anoop() -> None:
+    return None
+
+
+def passthrough(fn: Callable[[], None]) -> Callable[[], None]:
+    def wrapper() -> None:
+        return fn()
+
+    return wrapper
+
+
+def decorators() -> dict[str, Callable[[Callable[..., object]], Callable[..., object]]]:
+    stamina.instrumentation.set_on_retry_hooks([])
+    return {
+        "resilient_connect": rc.retry(
+            on=OSError,
+            policy=rc.Backoff(initial=0, attempts=FAILURES + 1, jitter="none"),
+            hooks=(),
+            sleep=lambda _s: None,
+            asleep=_zero_asleep,
+        ),
+        "tenacity": tenacity.retry(
+            retry=tenacity.retry_if_exception_type(OSError),
+            stop=tenacity.stop_after_attempt(FAILURES + 1),
+            wait=tenacity.wait_none(),
+            reraise=True,
+        ),
+        "backoff": backoff.on_exception(
+            backoff.constant, OSError, max_tries=FAILURES + 1, interval=0, jitter=None
+        ),
+        "stamina": stamina.retry(
+            on=OSError,
+            attempts=FAILURES + 1,
+            timeout=None,
+            wait_initial=0,
+            wait_max=0,
+            wait_jitter=0,
+        ),
+    }
+
+
+async def _zero_asleep(_seconds: float) -> None:
+    return None
+
+
+def failing_then_ok() -> Callable[[], None]:
+    state = [0]
+
+    def fn() -> None:
+        state[0] += 1
+        if state[0] % (FAILURES + 1):
+            raise OSError("refused")
+
+    return fn
+
+
+def import_cost(module: str, runs: int) -> float:
+    """Median wall time of `import module` in a new interpreter, minus a bare interpreter."""
+
+    def wall(code: str) -> float:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True)
+        return time.perf_counter() - start
+
+    samples = []
+    for _ in range(runs):
+        bare = wall("pass")
+        samples.append(wall(f"import {module}") - bare)
+    return statistics.median(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke test)")
+    args = parser.parse_args()
+    number, repeat, import_runs = (2_000, 3, 3) if args.quick else (100_000, 7, 15)
+
+    bare_sync = best_per_call(sync_batch(noop), number, repeat)
+    bare_async = best_per_call(async_batch(anoop), number, repeat)
+    minimal = best_per_call(sync_batch(passthrough(noop)), number, repeat) - bare_sync
+
+    rows: dict[str, dict[str, float]] = {}
+    for name, decorate in decorators().items():
+        sync_fn = decorate(noop)
+        async_fn = decorate(anoop)
+        failing = decorate(failing_then_ok())
+        fail_run = sync_batch(failing)
+        per_failure = best_per_call(fail_run, max(number // 50, 20), repeat) / FAILURES
+        success_per_failure = best_per_call(sync_batch(sync_fn), number, repeat) / FAILURES
+        rows[name] = {
+            "sync": best_per_call(sync_batch(sync_fn), number, repeat) - bare_sync,
+            "async": best_per_call(async_batch(async_fn), number // 2, repeat) - bare_async,  # type: ignore[arg-type]
+            "failure": per_failure - success_per_failure,
+            "import": import_cost(name, import_runs),
+        }
+
+    ours = rows["resilient_connect"]
+    print(
+        f"bare call {bare_sync * 1e6:.3f} us, minimal pass-through wrapper +{minimal * 1e6:.3f} us"
+    )
+    print()
+    header = (
+        f"{'library':<18}{'sync us':>10}{'async us':>10}{'per failure us':>16}{'import ms':>11}"
+    )
+    print(header)
+    print("-" * len(header))
+    for name, row in rows.items():
+        print(
+            f"{name:<18}{row['sync'] * 1e6:>10.3f}{row['async'] * 1e6:>10.3f}"
+            f"{row['failure'] * 1e6:>16.3f}{row['import'] * 1e3:>11.1f}"
+        )
+    print()
+    print("ratio (other / resilient_connect), higher means resilient_connect is cheaper:")
+    for name, row in rows.items():
+        if name == "resilient_connect":
+            continue
+        ratios = "  ".join(
+            f"{key} x{row[key] / ours[key]:.1f}" if ours[key] > 0 else f"{key} n/a"
+            for key in ("sync", "async", "failure", "import")
+        )
+        print(f"  {name:<10} {ratios}")
+
+
+if __name__ == "__main__":
+    main()
