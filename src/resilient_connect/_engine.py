@@ -5,9 +5,11 @@ the error and the current time; the sync and async loops around it differ
 only in how they wait. State lives in a :class:`_Run` per call, so one
 :class:`Retrier` serves any number of threads and tasks at once.
 
-Deadline first: after a failure the engine draws the next delay and gives up
-*now* if the next attempt could not start before the deadline, instead of
-sleeping into it. Adapters read :meth:`Attempt.remaining` to bound their own
+Deadline first: after a failure the engine draws the next delay; if the next
+attempt would start at or past the deadline, it shortens that one wait so a
+last attempt starts halfway through the time left (when at least
+``LAST_CALL_MINIMUM`` seconds remain), and gives up after it. It never sleeps
+into the deadline. Adapters read :meth:`Attempt.remaining` to bound their own
 connect timeouts, so an attempt does not run past the deadline either.
 """
 
@@ -16,6 +18,9 @@ from __future__ import annotations
 from . import _timing
 from ._errors import RetryExhausted
 from ._events import GaveUp, NotRetried, Recovered, RetryScheduled
+
+#: Seconds that must be left before the deadline for a shortened last attempt.
+LAST_CALL_MINIMUM = 0.1
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -187,7 +192,17 @@ class Retrier:
 class _Run:
     """Per-call state after the first failure."""
 
-    __slots__ = ("attempt", "clock", "deadline", "previous", "redactor", "retrier", "rng", "start")
+    __slots__ = (
+        "attempt",
+        "clock",
+        "deadline",
+        "last_call",
+        "previous",
+        "redactor",
+        "retrier",
+        "rng",
+        "start",
+    )
 
     def __init__(self, retrier: Retrier, start: float) -> None:
         self.retrier = retrier
@@ -197,6 +212,7 @@ class _Run:
         timeout = retrier.policy.timeout
         self.deadline = None if timeout is None else start + timeout
         self.previous = retrier.policy.initial
+        self.last_call = False
         rng = retrier.rng
         if rng is None:
             import random
@@ -250,7 +266,14 @@ class _Run:
         else:
             delay = policy.delay(self.attempt - 1, self.previous, self.rng)
             if self.deadline is not None and now + delay >= self.deadline:
-                reason = "deadline"
+                left = self.deadline - now
+                if self.last_call or left < LAST_CALL_MINIMUM:
+                    reason = "deadline"
+                else:
+                    # One last attempt halfway through the time left, rather than giving up
+                    # with up to `maximum` seconds of the window unused.
+                    delay = left / 2
+                    self.last_call = True
         if reason is not None:
             self._give_up(exc, verdict.rule, reason, now - self.start)
         self.previous = delay

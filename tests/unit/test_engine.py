@@ -6,7 +6,6 @@ import asyncio
 import pickle
 import random
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -152,9 +151,10 @@ def test_deadline_is_never_slept_into(mode: str) -> None:
     with pytest.raises(rc.RetryExhausted) as caught:
         run(mode, flaky, time, policy=policy)
     assert caught.value.reason == "deadline"
-    # 0.2 + 1 + 0.2 + 2 + 0.2 + 4 + 0.2 = 7.8; the next 4 s sleep would cross 10 s.
-    assert time.sleeps == [1, 2, 4]
-    assert caught.value.elapsed == pytest.approx(7.8)
+    # 0.2 + 1 + 0.2 + 2 + 0.2 + 4 + 0.2 = 7.8; the next 4 s sleep would cross 10 s,
+    # so one last attempt starts halfway through the 2.2 s left, then the engine gives up.
+    assert time.sleeps == pytest.approx([1, 2, 4, 1.1])
+    assert caught.value.elapsed == pytest.approx(9.1)
     assert caught.value.elapsed <= policy.timeout  # type: ignore[operator]
 
 
@@ -524,4 +524,13 @@ async def test_instant_waits_async_sleep_is_virtual() -> None:
     assert waits.sleeps == [10, 10]
 
 
-Factory = Callable[[], object]
+def test_no_last_call_when_almost_no_time_is_left() -> None:
+    """With less than LAST_CALL_MINIMUM left, the engine gives up without sleeping."""
+    time = FakeTime()
+    flaky = Flaky(time, [ConnectionError()] * 5, cost=0.95)
+    policy = rc.Backoff(initial=1, maximum=1, timeout=1, jitter="none")
+    with pytest.raises(rc.RetryExhausted) as caught:
+        run("sync", flaky, time, policy=policy)
+    assert time.sleeps == []
+    assert caught.value.attempts == 1
+    assert caught.value.reason == "deadline"
