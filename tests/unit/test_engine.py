@@ -534,3 +534,18 @@ def test_no_last_call_when_almost_no_time_is_left() -> None:
     assert time.sleeps == []
     assert caught.value.attempts == 1
     assert caught.value.reason == "deadline"
+
+
+async def test_real_asyncio_sleep_is_the_default() -> None:
+    """Without injection or instant_waits, async waits use asyncio.sleep (real, tiny here)."""
+    calls = 0
+
+    @rc.retry(on=OSError, hooks=(), policy=rc.Backoff(initial=0.001, maximum=0.001))
+    async def connect() -> int:
+        nonlocal calls
+        calls += 1
+        if calls < 2:
+            raise OSError
+        return calls
+
+    assert await connect() == 2

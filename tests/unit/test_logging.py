@@ -134,3 +134,20 @@ def test_configured_logging_is_used_not_duplicated() -> None:
     result = run_unconfigured(PROGRAM.format(setup=setup))
     lines = result.stderr.splitlines()
     assert [line.split()[0] for line in lines] == ["WARNING", "WARNING", "INFO"]
+
+
+def test_fallback_in_process_without_handlers(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With no handler reachable, the default hook writes INFO and above to stderr itself."""
+    logger = logging.getLogger("resilient_connect")
+    monkeypatch.setattr(logger, "propagate", False)
+    monkeypatch.setattr(logger, "handlers", [])
+    rc.log_event(
+        rc.Recovered(target="redis://:***@h", attempt=2, elapsed=1.5, exception=None, cause="")
+    )
+    monkeypatch.setattr(logger, "disabled", True)
+    rc.log_event(rc.Recovered(target="hidden", attempt=2, elapsed=1.5, exception=None, cause=""))
+    assert capsys.readouterr().err == (
+        "resilient_connect INFO: redis://:***@h: succeeded on attempt 2 after 1.50s\n"
+    )

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import resilient_connect
 import resilient_connect.testing
 
@@ -50,3 +52,13 @@ def test_ships_py_typed_and_version() -> None:
     """The package carries the PEP 561 marker and a version string."""
     assert (Path(resilient_connect.__file__).parent / "py.typed").is_file()
     assert resilient_connect.__version__.count(".") >= 2
+
+
+def test_python_dash_m_runs_the_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`python -m resilient_connect` runs the CLI entry point and exits with its code."""
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", ["resilient-connect", "--help"])
+    with pytest.raises(SystemExit) as caught:
+        runpy.run_module("resilient_connect", run_name="__main__", alter_sys=False)
+    assert caught.value.code == 0

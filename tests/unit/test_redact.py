@@ -57,3 +57,12 @@ def test_describe_exception() -> None:
     redactor = Redactor("host=h password=topsecret")
     assert redactor.describe(OSError("x\n  topsecret")) == "OSError: x ***"
     assert redactor.describe(TimeoutError()) == "TimeoutError"
+
+
+def test_empty_and_unterminated_quoted_values() -> None:
+    """An empty password= stays as is; libpq-style spacing and unterminated quotes are masked."""
+    assert redact("postgresql://h/db?password=&user=u") == "postgresql://h/db?password=&user=u"
+    assert redact("password= host=x") == "password= ***"  # libpq reads "host=x" as the password
+    redactor = Redactor("password='abc host=x")
+    assert redactor.target == "password=***"  # the rest of the string might be the secret
+    assert redactor.scrub("echo abc host=x") == "echo ***"
