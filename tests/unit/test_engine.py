@@ -9,6 +9,8 @@ import threading
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import resilient_connect as rc
 from resilient_connect._classify import Verdict, classifier_for, default_classifier
@@ -549,3 +551,55 @@ async def test_real_asyncio_sleep_is_the_default() -> None:
         return calls
 
     assert await connect() == 2
+
+
+@given(
+    policy=st.builds(
+        rc.Backoff,
+        initial=st.floats(min_value=0.001, max_value=10),
+        multiplier=st.floats(min_value=1, max_value=10),
+        maximum=st.floats(min_value=0, max_value=30),
+        attempts=st.one_of(st.none(), st.integers(min_value=1, max_value=30)),
+        timeout=st.floats(min_value=0.01, max_value=120),
+        jitter=st.one_of(
+            st.sampled_from(["none", "full", "equal", "decorrelated"]),
+            st.floats(min_value=0, max_value=1),
+        ),
+    ),
+    costs=st.lists(st.floats(min_value=0.001, max_value=3), min_size=1, max_size=50),
+    seed=st.integers(min_value=0, max_value=2**16),
+)
+def test_property_deadline_and_attempts_hold(
+    policy: rc.Backoff, costs: list[float], seed: int
+) -> None:
+    """Property: sleeps never pass the deadline and attempts never exceed the limit."""
+    time = FakeTime()
+    start = time.now
+    calls = 0
+
+    def attempt_fn(attempt: Attempt) -> None:
+        nonlocal calls
+        calls += 1
+        # Attempts started before the deadline; our time at the start of each attempt:
+        assert time.now - start < policy.timeout  # type: ignore[operator]
+        time.now += min(costs[(attempt.number - 1) % len(costs)], attempt.remaining() or 0.0)
+        raise ConnectionError
+
+    retrier = Retrier(
+        policy=policy,
+        classify=lambda _e: Verdict(transient=True, rule="t"),
+        target="x",
+        hooks=(),
+        clock=time.clock,
+        sleep=time.sleep,
+        rng=random.Random(seed),
+    )
+    with pytest.raises(rc.RetryExhausted) as caught:
+        retrier.call(attempt_fn)
+    limit = policy.timeout + 1e-6  # type: ignore[operator]  # float rounding of the clock
+    assert time.now - start <= limit
+    assert caught.value.elapsed <= limit
+    if policy.attempts is not None:
+        assert calls <= policy.attempts
+    assert caught.value.attempts == calls
+    assert all(0 <= s <= policy.maximum for s in time.sleeps)
