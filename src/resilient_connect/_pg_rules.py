@@ -1,0 +1,365 @@
+"""The psycopg classification table: which connection errors are worth another attempt.
+
+psycopg 3 reports every connection-time failure as a plain ``OperationalError``
+with ``sqlstate=None``, even when the server sent a FATAL with a SQLSTATE: the
+code is not part of what libpq keeps. Errors raised later, in a session, do
+carry one (``AdminShutdown`` is 57P01). So each rule has two keys:
+
+* ``sqlstates``: SQLSTATEs (five characters) or classes (two) the rule covers,
+  used whenever the error carries one. This works in every server language.
+* ``phrases``: English message fragments, matched case-insensitively anywhere
+  in ``str(exc)`` when the error has no SQLSTATE. ``…`` stands for any text on
+  one line (a role or database name, say).
+
+This module holds the data and the matching; :mod:`resilient_connect.psycopg`
+re-exports :data:`RULES` and wraps :func:`match` in the public ``classify``.
+The documentation renders the same table (a unit test keeps them in step).
+"""
+
+from __future__ import annotations
+
+import re
+
+from ._classify import Verdict
+from ._values import value
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+
+@value
+class Rule:
+    """One row of the classification table.
+
+    Attributes:
+        name: stable rule name shown in logs and events (``"pg:starting-up"``).
+        transient: ``True`` if another attempt may succeed.
+        sqlstates: SQLSTATEs or two-character classes this rule covers.
+        phrases: English message fragments; ``…`` matches any text on one line.
+        meaning: one line for people: what happened, and why the verdict.
+    """
+
+    name: str
+    transient: bool
+    sqlstates: tuple[str, ...]
+    phrases: tuple[str, ...]
+    meaning: str
+
+    @property
+    def verdict(self) -> Verdict:
+        """The :class:`~resilient_connect._classify.Verdict` this rule gives."""
+        return Verdict(transient=self.transient, rule=self.name)
+
+
+RULES: tuple[Rule, ...] = (
+    # --- permanent: another attempt cannot succeed until someone changes something ---
+    Rule(
+        name="pg:auth-failed",
+        transient=False,
+        sqlstates=("28P01",),
+        phrases=("password authentication failed", "authentication failed for user"),
+        meaning="wrong password, or a user that does not exist (the server says the same)",
+    ),
+    Rule(
+        name="pg:auth-rejected",
+        transient=False,
+        sqlstates=("28000",),
+        phrases=(
+            "no pg_hba.conf entry",
+            "pg_hba.conf rejects connection",
+            'role "…" is not permitted to log in',
+            'role "…" does not exist',
+        ),
+        meaning="pg_hba.conf has no entry for this client, or the role may not log in",
+    ),
+    Rule(
+        name="pg:no-password",
+        transient=False,
+        sqlstates=(),
+        phrases=("no password supplied",),
+        meaning="the server asks for a password and none was given",
+    ),
+    Rule(
+        name="pg:database-missing",
+        transient=False,
+        sqlstates=("3D000",),
+        phrases=('database "…" does not exist',),
+        meaning="the database does not exist",
+    ),
+    Rule(
+        name="pg:no-connect-privilege",
+        transient=False,
+        sqlstates=("42501",),
+        phrases=("permission denied for database",),
+        meaning="the role lacks the CONNECT privilege on the database",
+    ),
+    Rule(
+        name="pg:auth-method",
+        transient=False,
+        sqlstates=(),
+        phrases=(
+            "authentication method",
+            "channel binding",
+            "authentication not supported",
+            "invalid authentication request",
+        ),
+        meaning="client and server do not agree on how to authenticate",
+    ),
+    Rule(
+        name="pg:tls-config",
+        transient=False,
+        sqlstates=(),
+        phrases=(
+            "SSL was required",
+            "but it was required",
+            "certificate verify failed",
+            "certificate file",
+            "does not match host name",
+        ),
+        meaning="TLS or GSSAPI settings that the server or the certificates cannot meet",
+    ),
+    Rule(
+        name="pg:bad-conninfo",
+        transient=False,
+        sqlstates=(),
+        phrases=(
+            "invalid connection option",
+            'missing "=" after',
+            "unterminated quoted string",
+            "invalid percent-encoded token",
+            "forbidden value %00",
+            "unexpected spaces found",
+            "invalid URI",
+            "end of string reached when looking for matching",
+            "missing key/value separator",
+            "invalid integer value",
+            "invalid port number",
+            "could not match … to …",
+            "invalid … value:",
+            "definition of service",
+        ),
+        meaning="the conninfo string or keyword arguments cannot be parsed",
+    ),
+    # --- transient: the server is not there yet, busy, or went away ---
+    Rule(
+        name="pg:refused",
+        transient=True,
+        sqlstates=(),
+        phrases=("Connection refused",),
+        meaning="nothing listens on the port yet (server down, starting or restarting)",
+    ),
+    Rule(
+        name="pg:unreachable",
+        transient=True,
+        sqlstates=(),
+        phrases=("No route to host", "Network is unreachable", "Host is unreachable"),
+        meaning="the network path is not there yet (interfaces and routes come up late)",
+    ),
+    Rule(
+        name="pg:timeout",
+        transient=True,
+        sqlstates=(),
+        phrases=("timeout expired", "Connection timed out"),
+        meaning="no answer in time (psycopg ConnectionTimeout, or the retry deadline)",
+    ),
+    Rule(
+        name="pg:dns",
+        transient=True,
+        sqlstates=(),
+        phrases=(
+            "failed to resolve host",
+            "could not translate host name",
+            "Temporary failure in name resolution",
+            "Name or service not known",
+        ),
+        meaning="the host name does not resolve yet (container DNS registers late; a typo "
+        "fails only at the deadline)",
+    ),
+    Rule(
+        name="pg:starting-up",
+        transient=True,
+        sqlstates=("57P03",),
+        phrases=("the database system is starting up",),
+        meaning="the server is starting",
+    ),
+    Rule(
+        name="pg:recovering",
+        transient=True,
+        sqlstates=("57P03",),
+        phrases=(
+            "the database system is not yet accepting connections",
+            "the database system is in recovery mode",
+        ),
+        meaning="crash recovery or WAL replay is running (can last as long as the replay)",
+    ),
+    Rule(
+        name="pg:standby",
+        transient=True,
+        sqlstates=("57P03",),
+        phrases=("the database system is not accepting connections",),
+        meaning="a standby with hot_standby=off; ends only on promotion, so the deadline decides",
+    ),
+    Rule(
+        name="pg:shutting-down",
+        transient=True,
+        sqlstates=("57P03",),
+        phrases=("the database system is shutting down",),
+        meaning="the server is stopping (a restart usually follows)",
+    ),
+    Rule(
+        name="pg:too-many-connections",
+        transient=True,
+        sqlstates=("53300",),
+        phrases=(
+            "too many clients already",
+            "connection slots are reserved",
+            "too many connections for",
+        ),
+        meaning="every connection slot is taken; one frees when another client disconnects",
+    ),
+    Rule(
+        name="pg:out-of-resources",
+        transient=True,
+        sqlstates=("53000", "53200"),
+        phrases=("out of memory", "could not fork new process"),
+        meaning="the server could not start a backend for now",
+    ),
+    Rule(
+        name="pg:admin-shutdown",
+        transient=True,
+        sqlstates=("57P01",),
+        phrases=("terminating connection due to administrator command",),
+        meaning="the session was ended by a shutdown or pg_terminate_backend(); reconnect",
+    ),
+    Rule(
+        name="pg:crash-shutdown",
+        transient=True,
+        sqlstates=("57P02",),
+        phrases=("terminating connection because of crash of another server process",),
+        meaning="another backend crashed and the server is resetting; reconnect",
+    ),
+    Rule(
+        name="pg:session-timeout",
+        transient=True,
+        sqlstates=("57P05", "25P03"),
+        phrases=(
+            "terminating connection due to idle-session timeout",
+            "terminating connection due to idle-in-transaction timeout",
+        ),
+        meaning="the server closed an idle session; a new one will do",
+    ),
+    Rule(
+        name="pg:session-attrs",
+        transient=True,
+        sqlstates=(),
+        phrases=(
+            "session is read-only",
+            "session is not read-only",
+            "server is in hot standby mode",
+            "server is not in hot standby mode",
+        ),
+        meaning="no host matches target_session_attrs yet (a failover may be under way)",
+    ),
+    Rule(
+        name="pg:connection-lost",
+        transient=True,
+        sqlstates=("08",),
+        phrases=(
+            "server closed the connection unexpectedly",
+            "could not receive data from server",
+            "could not send data to server",
+            "could not send startup packet",
+            "Connection reset by peer",
+            "Broken pipe",
+            "SSL SYSCALL error",
+            "SSL connection has been closed unexpectedly",
+            "the connection is lost",
+            "the connection is closed",
+        ),
+        meaning="the connection dropped (server restarted or killed, network cut); reconnect",
+    ),
+)
+"""Every rule, permanent ones first; see :func:`match` for the order of evaluation."""
+
+UNKNOWN = Rule(
+    name="pg:unknown",
+    transient=True,
+    sqlstates=(),
+    phrases=(),
+    meaning="an OperationalError no rule knows (a localised server message, say); "
+    "retried until the deadline",
+)
+"""What an ``OperationalError`` without SQLSTATE that no rule matches gets."""
+
+OTHER_SQLSTATE = "pg:sqlstate-"
+"""Prefix of the rule name for SQLSTATEs outside the table: ``pg:sqlstate-42601``, permanent."""
+
+
+def _compile(phrases: Sequence[str]) -> re.Pattern[str] | None:
+    if not phrases:
+        return None
+    parts = (re.escape(p).replace(re.escape("…"), r"[^\n]*?") for p in phrases)
+    return re.compile("|".join(parts), re.IGNORECASE)
+
+
+_PATTERNS: dict[str, re.Pattern[str] | None] = {r.name: _compile(r.phrases) for r in RULES}
+_PERMANENT = tuple(r for r in RULES if not r.transient)
+_TRANSIENT = tuple(r for r in RULES if r.transient)
+
+
+def matches(rule: Rule, message: str) -> bool:
+    """Whether ``message`` contains one of ``rule``'s phrases."""
+    pattern = _PATTERNS.get(rule.name) or _compile(rule.phrases)
+    return pattern is not None and pattern.search(message) is not None
+
+
+def by_sqlstate(sqlstate: str, message: str) -> Rule | None:
+    """The rule for an error that carries ``sqlstate``, or ``None`` if no rule covers it.
+
+    Several rules may share a SQLSTATE (57P03 has five messages); the one whose
+    phrase also matches wins, else the first of them.
+    """
+    code = sqlstate.upper()
+    candidates = [r for r in RULES if code in r.sqlstates or code[:2] in r.sqlstates]
+    for rule in candidates:
+        if matches(rule, message):
+            return rule
+    return candidates[0] if candidates else None
+
+
+def by_message(message: str) -> Rule | None:
+    """The rule for an error without SQLSTATE, or ``None`` if no phrase matches.
+
+    Permanent rules are tried first, over the whole text. With several hosts,
+    psycopg lists every host's failure in one message; if any host refused us
+    for good (wrong password, no such database), another attempt will not fix
+    it, and failing at once beats waiting out the deadline.
+    """
+    for rule in _PERMANENT:
+        if matches(rule, message):
+            return rule
+    # Name the transient rule after the headline (the last host's error) when it says enough.
+    headline = message.partition(_MULTIPLE)[0]
+    for text in (headline, message) if headline != message else (message,):
+        for rule in _TRANSIENT:
+            if matches(rule, text):
+                return rule
+    return None
+
+
+_MULTIPLE = "\nMultiple connection attempts failed."
+
+
+def rules_markdown() -> str:
+    """The table as Markdown, as ``docs/psycopg.md`` shows it (a test compares the two)."""
+    lines = [
+        "| rule | verdict | SQLSTATE | message contains (English) | meaning |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for rule in (*RULES, UNKNOWN):
+        verdict = "transient" if rule.transient else "**permanent**"
+        codes = ", ".join(f"`{c}`" if len(c) == 5 else f"`{c}...` (class)" for c in rule.sqlstates)
+        phrases = "<br>".join(f"`{p}`" for p in rule.phrases) or "(anything else)"
+        lines.append(f"| `{rule.name}` | {verdict} | {codes or '-'} | {phrases} | {rule.meaning} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,465 @@
+"""psycopg 3 adapter: connect to PostgreSQL with retries, and know which errors to retry.
+
+:func:`connect_with_retry` and :func:`aconnect_with_retry` are drop-in
+replacements for ``psycopg.connect`` and ``psycopg.AsyncConnection.connect``
+that keep trying, under a :class:`~resilient_connect.Backoff` policy, while
+the server is down, starting, recovering or out of connection slots, and fail
+at once on errors another attempt cannot fix (wrong password, unknown
+database, bad conninfo).
+
+Classification (:func:`classify`, :func:`is_transient`, the :data:`RULES`
+table) is the hard part. psycopg gives no SQLSTATE for any connection-time
+failure, so those are judged by libpq's and the server's (English) message;
+errors that carry a SQLSTATE (those raised in a session) are judged by it,
+whatever the server's language. An ``OperationalError`` no rule knows is
+treated as transient (rule ``pg:unknown``) and retried until the deadline: it
+may be a localised server message, a proxy's wording or a reworded libpq text.
+Not retrying a not-ready state would defeat the purpose, while misjudging a
+permanent one costs one deadline, with the text logged at every attempt. See
+``docs/psycopg.md``.
+
+Each attempt is bounded by the time left before the policy's deadline, not by
+psycopg's connect timeout alone (which is per host, 130 s by default and at
+least 2 s): ``connect_timeout`` becomes the caller's or
+:data:`DEFAULT_CONNECT_TIMEOUT`, shared out so the hosts fit in the time left;
+the async function also uses :func:`asyncio.wait_for`, and the sync one waits
+for the blocking connect on a helper thread that it abandons, and that closes
+whatever it gets late, when the deadline comes first.
+"""
+
+from __future__ import annotations
+
+from typing import overload
+
+import psycopg
+from psycopg import errors as _pg_errors
+
+from ._classify import Verdict
+from ._engine import Retrier
+from ._pg_rules import OTHER_SQLSTATE, RULES, UNKNOWN, Rule, by_message, by_sqlstate
+from ._policy import Backoff
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any, NoReturn, TypeVar
+
+    from psycopg import AsyncConnection, AsyncCursor, Connection, Cursor
+    from psycopg.abc import AdaptContext, ConnParam
+    from psycopg.rows import AsyncRowFactory, RowFactory, TupleRow
+
+    from ._engine import Attempt
+    from ._events import Hook
+
+    _Row = TypeVar("_Row")
+    _T = TypeVar("_T")
+
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "RULES",
+    "UNKNOWN",
+    "Rule",
+    "aconnect_with_retry",
+    "classify",
+    "connect_with_retry",
+    "is_transient",
+]
+
+_DEFAULT_POLICY = Backoff()
+
+DEFAULT_CONNECT_TIMEOUT = 10
+"""Seconds each host gets per attempt when the caller sets no ``connect_timeout``.
+
+psycopg's own default is 130 s: a server that accepts connections but does not
+answer would use up the whole retry budget in one attempt. With 10 s, a hung
+server is tried again (a restarted one answers at once). Give
+``connect_timeout`` to choose another per-host limit.
+"""
+_RULES_BY_NAME = {rule.name: rule for rule in RULES}
+_TIMEOUT = _RULES_BY_NAME["pg:timeout"].verdict
+_CLIENT_ERROR = Verdict(transient=False, rule="pg:client-error")
+# Keyword arguments of Connection.connect() that are not libpq connection parameters.
+_CONNECTION_OPTIONS = frozenset(
+    {"autocommit", "prepare_threshold", "context", "row_factory", "cursor_factory"}
+)
+# Connection parameters shown in the target of logs and errors (never a password).
+_SHOWN_PARAMETERS = ("host", "hostaddr", "port", "dbname", "user")
+_SECRET_PARAMETERS = ("password", "sslpassword")
+
+
+def classify(exc: BaseException) -> Verdict:  # noqa: PLR0911 - one return per documented step
+    """Say whether another connection attempt may get past ``exc``, and which rule decided.
+
+    In order: psycopg's ``ConnectionTimeout`` is transient (``pg:timeout``); an
+    error carrying a SQLSTATE is judged by it (a SQLSTATE outside the table is
+    permanent, ``pg:sqlstate-XXXXX``: a working server rejected a statement);
+    an ``OperationalError`` without one is judged by its message, permanent
+    rules first; one that no rule matches is transient (``pg:unknown``). Other
+    psycopg errors (``ProgrammingError``, ``InterfaceError``) are raised by the
+    client itself and are permanent. Errors from outside psycopg: ``OSError``
+    is transient, anything else permanent.
+    """
+    if isinstance(exc, _pg_errors.ConnectionTimeout):
+        return _TIMEOUT
+    if not isinstance(exc, psycopg.Error):
+        name = type(exc).__name__
+        if isinstance(exc, OSError):
+            return Verdict(transient=True, rule=f"os-error:{name}")
+        return Verdict(transient=False, rule=f"not-a-psycopg-error:{name}")
+    message = str(exc)
+    sqlstate = exc.sqlstate
+    if sqlstate:
+        rule = by_sqlstate(sqlstate, message)
+        if rule is None:
+            return Verdict(transient=False, rule=f"{OTHER_SQLSTATE}{sqlstate}")
+        return rule.verdict
+    rule = by_message(message)
+    if not isinstance(exc, psycopg.OperationalError):
+        if rule is not None and not rule.transient:
+            return rule.verdict
+        return _CLIENT_ERROR
+    return (rule or UNKNOWN).verdict
+
+
+def is_transient(exc: BaseException) -> bool:
+    """``True`` if another connection attempt may succeed after ``exc`` (see :func:`classify`)."""
+    return classify(exc).transient
+
+
+@overload
+def connect_with_retry(
+    conninfo: str = "",
+    *,
+    policy: Backoff | None = None,
+    hooks: Sequence[Hook] | None = None,
+    autocommit: bool = False,
+    prepare_threshold: int | None = 5,
+    context: AdaptContext | None = None,
+    row_factory: None = None,
+    cursor_factory: type[Cursor[TupleRow]] | None = None,
+    **kwargs: ConnParam,
+) -> Connection[TupleRow]: ...
+
+
+@overload
+def connect_with_retry(
+    conninfo: str = "",
+    *,
+    policy: Backoff | None = None,
+    hooks: Sequence[Hook] | None = None,
+    autocommit: bool = False,
+    prepare_threshold: int | None = 5,
+    context: AdaptContext | None = None,
+    row_factory: RowFactory[_Row],
+    cursor_factory: type[Cursor[_Row]] | None = None,
+    **kwargs: ConnParam,
+) -> Connection[_Row]: ...
+
+
+def connect_with_retry(
+    conninfo: str = "",
+    *,
+    policy: Backoff | None = None,
+    hooks: Sequence[Hook] | None = None,
+    **kwargs: Any,
+) -> Connection[Any]:
+    """Connect like ``psycopg.connect(conninfo, **kwargs)``, retrying transient failures.
+
+    Args:
+        conninfo: a ``postgresql://`` URL or a ``key=value`` string; ``""``
+            uses the keyword arguments and libpq's ``PG*`` environment variables.
+        policy: delays and limits; ``None`` for ``Backoff()`` (60 s deadline).
+            The deadline bounds every attempt too (see the module docstring).
+        hooks: called with each :class:`~resilient_connect.Event`; ``None``
+            for the default logging hook, ``()`` for none.
+        kwargs: passed to psycopg: ``autocommit``, ``row_factory``,
+            ``prepare_threshold``, ``context``, ``cursor_factory`` and libpq
+            parameters (``host``, ``password``, ``connect_timeout``, ...).
+            ``connect_timeout`` stays a per-host limit (default
+            :data:`DEFAULT_CONNECT_TIMEOUT`, not psycopg's 130 s); it is lowered
+            so that every host fits in the time left.
+
+    Returns the open connection. Raises the psycopg error unchanged when it is
+    permanent (after one attempt), or :class:`~resilient_connect.RetryExhausted`
+    (from the last error) when the policy gives up. A conninfo that libpq cannot
+    parse raises ``psycopg.ProgrammingError`` at once, with any password it
+    quotes masked.
+    """
+    call = _Call(conninfo, kwargs)
+    retrier = call.retrier(policy, hooks)
+    if call.parse_error is not None:
+        return retrier.call(call.fail)
+    return retrier.call(call.attempt)
+
+
+@overload
+async def aconnect_with_retry(
+    conninfo: str = "",
+    *,
+    policy: Backoff | None = None,
+    hooks: Sequence[Hook] | None = None,
+    autocommit: bool = False,
+    prepare_threshold: int | None = 5,
+    context: AdaptContext | None = None,
+    row_factory: None = None,
+    cursor_factory: type[AsyncCursor[TupleRow]] | None = None,
+    **kwargs: ConnParam,
+) -> AsyncConnection[TupleRow]: ...
+
+
+@overload
+async def aconnect_with_retry(
+    conninfo: str = "",
+    *,
+    policy: Backoff | None = None,
+    hooks: Sequence[Hook] | None = None,
+    autocommit: bool = False,
+    prepare_threshold: int | None = 5,
+    context: AdaptContext | None = None,
+    row_factory: AsyncRowFactory[_Row],
+    cursor_factory: type[AsyncCursor[_Row]] | None = None,
+    **kwargs: ConnParam,
+) -> AsyncConnection[_Row]: ...
+
+
+async def aconnect_with_retry(
+    conninfo: str = "",
+    *,
+    policy: Backoff | None = None,
+    hooks: Sequence[Hook] | None = None,
+    **kwargs: Any,
+) -> AsyncConnection[Any]:
+    """Connect like ``await psycopg.AsyncConnection.connect(...)``, retrying transient failures.
+
+    The async twin of :func:`connect_with_retry`, with the same arguments.
+    Waits with ``asyncio.sleep``; cancelling the task ends the wait or the
+    attempt at once.
+    """
+    call = _Call(conninfo, kwargs)
+    retrier = call.retrier(policy, hooks)
+    if call.parse_error is not None:
+        return await retrier.acall(call.afail)
+    return await retrier.acall(call.aattempt)
+
+
+class _Call:
+    """One ``connect_with_retry`` call: the arguments, parsed once, and how to make an attempt."""
+
+    __slots__ = ("conninfo", "hosts", "kwargs", "parse_error", "secrets", "target", "user_timeout")
+
+    def __init__(self, conninfo: str, kwargs: dict[str, Any]) -> None:
+        self.conninfo = conninfo
+        self.kwargs = kwargs
+        self.target = _target(conninfo, kwargs)
+        self.secrets = tuple(
+            str(kwargs[k]) for k in _SECRET_PARAMETERS if kwargs.get(k) not in (None, "")
+        )
+        self.parse_error: psycopg.ProgrammingError | None = None
+        self.user_timeout: int | None = None
+        self.hosts = 1
+        from psycopg.conninfo import conninfo_to_dict
+
+        parameters = {k: v for k, v in kwargs.items() if k not in _CONNECTION_OPTIONS}
+        try:
+            params = conninfo_to_dict(conninfo, **parameters)
+        except psycopg.ProgrammingError as exc:
+            self.parse_error = self._masked(exc)
+            return
+        self.user_timeout = _user_timeout(params.get("connect_timeout"))
+        hosts = str(params.get("host") or params.get("hostaddr") or "")
+        self.hosts = max(1, hosts.count(",") + 1)
+
+    def retrier(self, policy: Backoff | None, hooks: Sequence[Hook] | None) -> Retrier:
+        return Retrier(
+            policy=_DEFAULT_POLICY if policy is None else policy,
+            classify=classify,
+            target=self.target,
+            hooks=hooks,
+            secrets=self.secrets,
+        )
+
+    def _masked(self, exc: psycopg.ProgrammingError) -> psycopg.ProgrammingError:
+        """``exc``, or a copy whose message no longer quotes a secret (libpq echoes bad URLs)."""
+        from ._redact import Redactor
+
+        text = str(exc)
+        scrubbed = Redactor(self.conninfo, self.secrets).scrub(text)
+        return exc if scrubbed == text else psycopg.ProgrammingError(scrubbed)
+
+    def fail(self, attempt: Attempt) -> NoReturn:
+        del attempt
+        assert self.parse_error is not None
+        raise self.parse_error
+
+    async def afail(self, attempt: Attempt) -> NoReturn:
+        self.fail(attempt)
+
+    def _bounded_kwargs(self, left: float | None) -> dict[str, Any]:
+        """The keyword arguments with a ``connect_timeout`` that fits in the time left.
+
+        psycopg applies ``connect_timeout`` to each host (and each address of a
+        name) in turn, so each host gets an equal share of the time left, and no
+        more than the caller's own ``connect_timeout``, or
+        :data:`DEFAULT_CONNECT_TIMEOUT` when the caller set none. ``left=None``
+        (no deadline) keeps only the per-host limit.
+        """
+        per_host = DEFAULT_CONNECT_TIMEOUT if self.user_timeout is None else self.user_timeout
+        if left is not None:
+            import math
+
+            per_host = min(per_host, max(1, math.ceil(left / self.hosts)))
+        return {**self.kwargs, "connect_timeout": per_host}
+
+    def attempt(self, attempt: Attempt) -> Connection[Any]:
+        left = attempt.remaining()
+        kwargs = self._bounded_kwargs(left)
+        if left is None:
+            return _untangled(lambda: psycopg.Connection.connect(self.conninfo, **kwargs))
+        return _within(left, lambda: psycopg.Connection.connect(self.conninfo, **kwargs))
+
+    async def aattempt(self, attempt: Attempt) -> AsyncConnection[Any]:
+        import asyncio
+
+        left = attempt.remaining()
+        kwargs = self._bounded_kwargs(left)
+        try:
+            return await asyncio.wait_for(
+                psycopg.AsyncConnection.connect(self.conninfo, **kwargs), left
+            )
+        except asyncio.TimeoutError:
+            pass
+        except psycopg.Error as exc:
+            # Drop the traceback: see _untangled().
+            raise exc.with_traceback(None)  # noqa: B904 - the same error, minus psycopg's frames
+        # Raised outside the handler on purpose: as the __context__ of our error, the
+        # TimeoutError (and the CancelledError behind it) would keep the cancelled connect's
+        # frames, and the half-open socket they hold, alive as long as our error.
+        assert left is not None
+        raise _deadline_timeout(left)
+
+
+def _untangled(connect: Callable[[], _T]) -> _T:
+    """Call ``connect``; re-raise its psycopg error without psycopg's frames.
+
+    On a timeout psycopg leaves the half-open libpq connection to its
+    ``connect`` frame, which the error's traceback keeps alive through a
+    reference cycle until the garbage collector runs: one socket per timed-out
+    attempt. Dropping the traceback frees it at once.
+    """
+    try:
+        return connect()
+    except psycopg.Error as exc:
+        raise exc.with_traceback(None)  # noqa: B904 - the same error, minus psycopg's frames
+
+
+def _deadline_timeout(seconds: float) -> _pg_errors.ConnectionTimeout:
+    return _pg_errors.ConnectionTimeout(
+        f"connection timeout expired: no connection within {seconds:.2f}s, "
+        "the time left before the retry deadline"
+    )
+
+
+def _within(seconds: float, connect: Callable[[], Connection[Any]]) -> Connection[Any]:
+    """Run the blocking ``connect`` on a helper thread and wait at most ``seconds`` for it.
+
+    psycopg's own timeout cannot bound an attempt precisely (per host, whole
+    seconds, at least 2 s, and it does not cover DNS). On time-out the helper
+    is abandoned: it ends by itself within ``connect_timeout`` (set to about
+    ``seconds`` by the caller) and closes a connection that arrives too late.
+    """
+    import threading
+
+    handoff = _Handoff()
+    thread = threading.Thread(
+        target=handoff.run, args=(connect,), name="resilient_connect-psycopg", daemon=True
+    )
+    thread.start()
+    try:
+        handoff.done.wait(seconds)
+    finally:
+        conn, error, finished = handoff.collect()
+    if not finished:
+        raise _deadline_timeout(seconds)
+    if error is not None:
+        raise error
+    assert conn is not None
+    return conn
+
+
+class _Handoff:
+    """Passes the helper thread's connection or error to the waiting thread, exactly once."""
+
+    __slots__ = ("abandoned", "conn", "done", "error", "lock")
+
+    def __init__(self) -> None:
+        import threading
+
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.conn: Connection[Any] | None = None
+        self.error: Exception | None = None
+        self.abandoned = False
+
+    def run(self, connect: Callable[[], Connection[Any]]) -> None:
+        try:
+            conn = connect()
+        except Exception as exc:  # noqa: BLE001 - handed to the waiting thread as is
+            # No traceback: it would tie psycopg's frames (and a half-open socket) to the error.
+            self._deliver(None, exc.with_traceback(None))
+            return
+        if not self._deliver(conn, None):
+            conn.close()
+
+    def _deliver(self, conn: Connection[Any] | None, error: Exception | None) -> bool:
+        with self.lock:
+            if self.abandoned:
+                return False
+            self.conn, self.error = conn, error
+            self.done.set()
+            return True
+
+    def collect(self) -> tuple[Connection[Any] | None, Exception | None, bool]:
+        """Take the outcome if there is one; otherwise abandon the helper."""
+        with self.lock:
+            if not self.done.is_set():
+                self.abandoned = True
+                return None, None, False
+            conn, error = self.conn, self.error
+            self.conn = self.error = None
+            return conn, error, True
+
+
+def _user_timeout(value: object) -> int | None:
+    """The caller's ``connect_timeout`` (kwargs, conninfo or ``PGCONNECT_TIMEOUT``), if valid.
+
+    ``None`` when unset, zero, negative or unparsable: psycopg then uses its
+    130 s default, so the deadline is the only bound.
+    """
+    if value in (None, ""):
+        import os
+
+        value = os.environ.get("PGCONNECT_TIMEOUT")
+    if value in (None, ""):
+        return None
+    try:
+        seconds = int(float(str(value)))
+    except ValueError:
+        return None
+    return seconds if seconds > 0 else None
+
+
+def _target(conninfo: str, kwargs: dict[str, Any]) -> str:
+    """What logs and errors name: the conninfo (redacted later) and the parameters given apart."""
+    shown = " ".join(
+        f"{key}={kwargs[key]}"
+        for key in _SHOWN_PARAMETERS
+        if kwargs.get(key) is not None and not _looks_like_conninfo(str(kwargs[key]))
+    )
+    if conninfo and shown:
+        return f"{conninfo} ({shown})"
+    return conninfo or shown or "postgresql (libpq defaults)"
+
+
+def _looks_like_conninfo(value: str) -> bool:
+    # libpq expands a dbname that is itself a conninfo; such a value may hold a password.
+    return "=" in value or "://" in value
