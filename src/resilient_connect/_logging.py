@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 LOGGER_NAME = "resilient_connect"
 
 RETRY_MESSAGE = "%s: attempt %d failed: %s; retrying in %.2fs (%s, %.2fs elapsed)"
-GAVE_UP_MESSAGE = "%s: gave up after %d attempts in %.2fs (%s); last error: %s"
+GAVE_UP_MESSAGE = "%s: gave up after %d %s in %.2fs (%s); last error: %s"
 NOT_RETRIED_MESSAGE = "%s: attempt %d failed with a permanent error, not retrying (%s): %s"
 RECOVERED_MESSAGE = "%s: succeeded on attempt %d after %.2fs"
 
@@ -76,6 +76,7 @@ def _render(event: Event) -> tuple[int, str, tuple[object, ...]]:
             (
                 event.target,
                 event.attempt,
+                "attempt" if event.attempt == 1 else "attempts",
                 event.elapsed,
                 why,
                 event.cause,
