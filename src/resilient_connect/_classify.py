@@ -33,10 +33,15 @@ class Verdict:
     Attributes:
         transient: ``True`` if another attempt may succeed.
         rule: short name of the rule that decided, shown in logs and events.
+        report: ``False`` lets a permanent error propagate without a
+            ``NotRetried`` event: for errors that are not the retry loop's
+            business at all (an application error passing through a client's
+            runtime retry, say).
     """
 
     transient: bool
     rule: str
+    report: bool = True
 
 
 def classifier_for(on: RetryOn | None) -> Classifier:

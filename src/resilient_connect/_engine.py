@@ -75,7 +75,10 @@ class Retrier:
     Built once (at decoration time for :func:`~resilient_connect.retry`), then
     shared. ``hooks=None`` means the default logging hook; ``()`` means none.
     ``secrets`` are extra strings to scrub from causes (a ``password=``
-    keyword, say). ``clock``/``sleep``/``asleep``/``rng`` default to the
+    keyword, say). ``reraise=True`` ends a call that gives up by raising the
+    last error itself (after the ``GaveUp`` event) instead of
+    ``RetryExhausted``, for bridges into libraries whose callers expect their
+    own exception types. ``clock``/``sleep``/``asleep``/``rng`` default to the
     :mod:`resilient_connect._timing` attributes and the :mod:`random` module,
     looked up at call time.
     """
@@ -88,6 +91,7 @@ class Retrier:
         "classify",
         "hooks",
         "policy",
+        "reraise",
         "secrets",
         "target",
     )
@@ -104,6 +108,7 @@ class Retrier:
         sleep: Sleep | None = None,
         asleep: AsyncSleep | None = None,
         rng: RandomSource | None = None,
+        reraise: bool = False,
     ) -> None:
         if hooks is None:
             from ._logging import log_event
@@ -114,6 +119,7 @@ class Retrier:
         self.target = target
         self.hooks = tuple(hooks)
         self.secrets = tuple(secrets)
+        self.reraise = reraise
         self._clock = clock
         self._sleep = sleep
         self._asleep = asleep
@@ -139,9 +145,19 @@ class Retrier:
             first = exc
         return self.resume(fn, start, first)
 
-    def resume(self, fn: Callable[[Attempt], T], start: float, first: Exception) -> T:
-        """Continue after the first attempt (started at ``start``) failed with ``first``."""
-        run = _Run(self, start)
+    def resume(
+        self,
+        fn: Callable[[Attempt], T],
+        start: float,
+        first: Exception,
+        *,
+        classify: Classifier | None = None,
+    ) -> T:
+        """Continue after the first attempt (started at ``start``) failed with ``first``.
+
+        ``classify`` replaces the retrier's classifier for this call only.
+        """
+        run = _Run(self, start, classify)
         failure: Exception | None = first
         del first
         sleep = self._sleep or _timing.sleep
@@ -169,10 +185,15 @@ class Retrier:
         return await self.aresume(fn, start, first)
 
     async def aresume(
-        self, fn: Callable[[Attempt], Awaitable[T]], start: float, first: Exception
+        self,
+        fn: Callable[[Attempt], Awaitable[T]],
+        start: float,
+        first: Exception,
+        *,
+        classify: Classifier | None = None,
     ) -> T:
         """Async twin of :meth:`resume`; cancellation during a wait ends the call at once."""
-        run = _Run(self, start)
+        run = _Run(self, start, classify)
         failure: Exception | None = first
         del first
         asleep = self._asleep or _timing.asleep
@@ -194,6 +215,7 @@ class _Run:
 
     __slots__ = (
         "attempt",
+        "classify",
         "clock",
         "deadline",
         "last_call",
@@ -204,8 +226,9 @@ class _Run:
         "start",
     )
 
-    def __init__(self, retrier: Retrier, start: float) -> None:
+    def __init__(self, retrier: Retrier, start: float, classify: Classifier | None) -> None:
         self.retrier = retrier
+        self.classify = retrier.classify if classify is None else classify
         self.clock = retrier.clock()
         self.start = start
         self.attempt = 1
@@ -244,10 +267,10 @@ class _Run:
         """
         retrier = self.retrier
         policy = retrier.policy
-        verdict = retrier.classify(exc)
+        verdict = self.classify(exc)
         now = self.clock()
         if not verdict.transient:
-            if retrier.hooks:
+            if retrier.hooks and verdict.report:
                 redactor = self._redactor()
                 event = NotRetried(
                     target=redactor.target,
@@ -307,6 +330,8 @@ class _Run:
                     rule=rule,
                 )
             )
+        if self.retrier.reraise:
+            raise exc
         raise RetryExhausted(
             target=redactor.target,
             attempts=self.attempt,

@@ -31,7 +31,6 @@ import redis.retry
 from . import _redis_rules
 from ._classify import Verdict
 from ._engine import Retrier
-from ._errors import RetryExhausted
 from ._policy import Backoff, capped_exponential
 
 TYPE_CHECKING = False
@@ -53,6 +52,9 @@ DEFAULT_RUNTIME_POLICY = Backoff(initial=0.05, multiplier=2.0, maximum=1.0, time
 _IN_LOOP: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "resilient_connect_redis_in_loop", default=False
 )
+# Errors outside redis-py's retry list (WRONGTYPE, say) are the application's, not ours.
+_NOT_RETRIED_BY_CLIENT = Verdict(transient=False, rule="redis:not-retried-by-client", report=False)
+
 # Ceiling for get_retries() when the policy counts time, not attempts.
 _MAX_REPORTED_RETRIES = 10_000
 
@@ -148,15 +150,6 @@ def runtime_verdict(exc: Exception) -> Verdict:
     return Verdict(transient=True, rule=f"redis:retry-on-error:{type(exc).__name__}")
 
 
-class _Escape:
-    """An error that must leave the engine without being classified or reported."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
 class _BridgeCore:
     """What a bridge Retry shares with its deep copies: policy, target, hooks, engine."""
 
@@ -171,7 +164,12 @@ class _BridgeCore:
     ) -> None:
         self.policy = policy
         self.retrier = Retrier(
-            policy=policy, classify=runtime_verdict, target=target, hooks=hooks, secrets=secrets
+            policy=policy,
+            classify=runtime_verdict,
+            target=target,
+            hooks=hooks,
+            secrets=secrets,
+            reraise=True,
         )
 
     def retrier_target(self) -> str:
@@ -200,6 +198,12 @@ class _Failures:
         self.is_retryable = is_retryable
         self.with_failure_count = with_failure_count
         self.count = 0
+
+    def classify(self, error: Exception) -> Verdict:
+        """The engine's verdict for this call: errors redis-py would not retry pass silently."""
+        if not self.counts(error):
+            return _NOT_RETRIED_BY_CLIENT
+        return runtime_verdict(error)
 
     def counts(self, error: Exception) -> bool:
         """True if redis-py would retry ``error`` (then its failure callback must run)."""
@@ -291,26 +295,16 @@ class BridgeRetry(redis.retry.Retry):
                 failures.failed(error)
                 first = error
 
-            def attempt(_attempt: Attempt) -> T | _Escape:
+            def attempt(_attempt: Attempt) -> T:
                 try:
                     return do()
                 except Exception as error:
-                    if not failures.counts(error):
-                        return _Escape(error)
-                    failures.failed(error)
+                    if failures.counts(error):
+                        failures.failed(error)
                     raise
 
-            escape: _Escape | None = None
-            try:
-                result = retrier.resume(attempt, start, first)
-            except RetryExhausted as gave_up:
-                escape = _Escape(gave_up.last_exception)
-            else:
-                if not isinstance(result, _Escape):
-                    return result
-                escape = result
-            # Raised outside the except block, so the RetryExhausted does not become its context.
-            raise _unwrap(escape)
+            # Gives up by raising redis-py's own last error (the retrier has reraise=True).
+            return retrier.resume(attempt, start, first, classify=failures.classify)
         finally:
             _IN_LOOP.reset(token)
 
@@ -379,33 +373,17 @@ class AsyncBridgeRetry(redis.asyncio.retry.Retry):
                 await failures.failed(error)
                 first = error
 
-            async def attempt(_attempt: Attempt) -> T | _Escape:
+            async def attempt(_attempt: Attempt) -> T:
                 try:
                     return await do()
                 except Exception as error:
-                    if not failures.counts(error):
-                        return _Escape(error)
-                    await failures.failed(error)
+                    if failures.counts(error):
+                        await failures.failed(error)
                     raise
 
-            escape: _Escape | None = None
-            try:
-                result = await retrier.aresume(attempt, start, first)
-            except RetryExhausted as gave_up:
-                escape = _Escape(gave_up.last_exception)
-            else:
-                if not isinstance(result, _Escape):
-                    return result
-                escape = result
-            raise _unwrap(escape)
+            return await retrier.aresume(attempt, start, first, classify=failures.classify)
         finally:
             _IN_LOOP.reset(token)
-
-
-def _unwrap(escape: _Escape) -> BaseException:
-    error = escape.error
-    escape.error = None  # type: ignore[assignment]  # drop the reference before raising
-    return error
 
 
 def runtime_retry(

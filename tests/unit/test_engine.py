@@ -9,7 +9,7 @@ import threading
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import resilient_connect as rc
@@ -553,6 +553,7 @@ async def test_real_asyncio_sleep_is_the_default() -> None:
     assert await connect() == 2
 
 
+@settings(deadline=None)  # timing on a shared machine is not what these pin
 @given(
     policy=st.builds(
         rc.Backoff,
@@ -603,3 +604,56 @@ def test_property_deadline_and_attempts_hold(
         assert calls <= policy.attempts
     assert caught.value.attempts == calls
     assert all(0 <= s <= policy.maximum for s in time.sleeps)
+
+
+def test_reraise_gives_up_with_the_last_error_itself() -> None:
+    """reraise=True ends a failed call with the last error, after a GaveUp event."""
+    time = FakeTime()
+    events: list[rc.Event] = []
+    errors = [ConnectionError("one"), ConnectionError("two")]
+    retrier = Retrier(
+        policy=rc.Backoff(attempts=2),
+        classify=default_classifier,
+        target="bridge",
+        hooks=[events.append],
+        clock=time.clock,
+        sleep=time.sleep,
+        reraise=True,
+    )
+
+    def attempt_fn(attempt: Attempt) -> None:
+        raise errors[attempt.number - 1]
+
+    with pytest.raises(ConnectionError) as caught:
+        retrier.call(attempt_fn)
+    assert caught.value is errors[1]
+    assert [type(e) for e in events] == [rc.RetryScheduled, rc.GaveUp]
+
+
+def test_unreported_verdicts_and_per_call_classifier() -> None:
+    """A per-call classifier overrides the retrier's; report=False propagates silently."""
+    time = FakeTime()
+    events: list[rc.Event] = []
+    retrier = Retrier(
+        policy=rc.Backoff(),
+        classify=lambda _e: Verdict(transient=True, rule="always"),
+        target="t",
+        hooks=[events.append],
+        clock=time.clock,
+        sleep=time.sleep,
+    )
+    quiet = Verdict(transient=False, rule="not ours", report=False)
+    application_error = KeyError("app")
+
+    def attempt_fn(attempt: Attempt) -> None:
+        raise application_error
+
+    with pytest.raises(KeyError) as caught:
+        retrier.resume(
+            attempt_fn,
+            time.now,
+            OSError("first"),
+            classify=lambda e: quiet if isinstance(e, KeyError) else default_classifier(e),
+        )
+    assert caught.value is application_error
+    assert [type(e) for e in events] == [rc.RetryScheduled]
