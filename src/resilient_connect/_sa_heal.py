@@ -1,0 +1,394 @@
+"""Runtime healing for SQLAlchemy engines: new pool connections retry with backoff.
+
+SQLAlchemy's pool opens a DBAPI connection through one function: the
+``creator`` given to :func:`sqlalchemy.create_engine`, or, by default, a
+function that fires the ``do_connect`` dialect event and then calls
+``dialect.connect()``. That is the one place where "the database restarted"
+meets "open a new connection", so that is where :class:`Healer` hooks in, with
+SQLAlchemy's own extension points only:
+
+* no ``creator``: a ``do_connect`` listener, registered first on the engine,
+  makes the connection itself under the reconnect policy. On every attempt it
+  runs the ``do_connect`` listeners registered after it (a token provider
+  that sets ``cparams["password"]``, say) on fresh copies of the arguments,
+  exactly as SQLAlchemy would, then bounds the driver's connect timeout by the
+  time left and calls ``dialect.connect()``;
+* a ``creator`` or ``async_creator`` from the caller: wrapped, with the same
+  policy.
+
+Each attempt is bounded by the time left: the driver's own connect timeout is
+capped (:meth:`Healer._bound_connect_params`), and the attempt is cut off at
+the deadline, which libpq's 2 s minimum would overrun, on a helper thread for
+sync psycopg (the psycopg adapter's helper) and by cancellation for asyncio.
+
+The pool itself (queueing, overflow, pre-ping, invalidation) is SQLAlchemy's,
+untouched. Errors the policy gives up on, and permanent ones, leave the
+listener as the driver raised them, so SQLAlchemy wraps them into its own
+``OperationalError`` exactly as a plain engine would.
+
+While :func:`resilient_connect.sqlalchemy.create_engine` waits for the
+database at start-up, its own loop owns the retrying: each of its attempts
+puts the :class:`~resilient_connect._engine.Attempt` in :attr:`Healer.startup`
+and the listener then makes one connect, bounded by that attempt, instead of a
+nested retry loop.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ._engine import Retrier
+from ._errors import RetryExhausted
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Coroutine, MutableMapping, Sequence
+    from typing import Any, TypeVar
+
+    from sqlalchemy.engine import Dialect, Engine
+    from sqlalchemy.engine.interfaces import DBAPIConnection
+    from sqlalchemy.pool import ConnectionPoolEntry
+
+    from ._classify import Classifier
+    from ._engine import Attempt
+    from ._events import Hook
+    from ._policy import Backoff
+
+    T = TypeVar("T")
+
+#: Longest single connect attempt when the caller set no connect timeout, in seconds.
+#: psycopg's own default is 130 s: one blackholed attempt would eat a whole policy.
+DEFAULT_ATTEMPT_TIMEOUT = 10.0
+#: libpq and psycopg never wait less than 2 s for a connect, whatever ``connect_timeout`` says.
+LIBPQ_MIN_CONNECT_TIMEOUT = 2
+
+# (dialect name, driver) -> the connect argument that bounds one connect attempt.
+# libpq-style drivers take whole seconds (at least 2); asyncpg takes a float.
+_WHOLE_SECONDS = "connect_timeout"
+_FLOAT_SECONDS = "timeout"
+# Sync drivers whose blocking connect we wait for on a helper thread, so that the deadline
+# holds below libpq's 2 s minimum, across several hosts and during DNS lookups.
+_THREAD_BOUND = frozenset({("postgresql", "psycopg")})
+_TIMEOUT_PARAMS = {
+    ("postgresql", "psycopg"): _WHOLE_SECONDS,
+    ("postgresql", "psycopg_async"): _WHOLE_SECONDS,
+    ("postgresql", "psycopg2"): _WHOLE_SECONDS,
+    ("postgresql", "asyncpg"): _FLOAT_SECONDS,
+}
+
+
+class Healer:
+    """Retries the new connections of one engine's pool; see the module docstring.
+
+    Attributes:
+        startup: the start-up loop's current attempt while ``create_engine``
+            waits, else ``None``. Only set before the engine is handed out.
+    """
+
+    __slots__ = (
+        "_async",
+        "_dialect",
+        "_retrier",
+        "_thread_bound",
+        "_timeout_param",
+        "startup",
+    )
+
+    def __init__(
+        self,
+        *,
+        policy: Backoff,
+        classify: Classifier,
+        target: str,
+        hooks: Sequence[Hook] | None,
+        secrets: Sequence[str],
+        is_async: bool,
+    ) -> None:
+        self._async = is_async
+        self._retrier = Retrier(
+            policy=policy,
+            classify=classify,
+            target=target,
+            hooks=hooks,
+            secrets=secrets,
+            # Inside SQLAlchemy's greenlet an asyncio engine must not block the loop.
+            sleep=_greenlet_sleep if is_async else None,
+        )
+        self._timeout_param: str | None = None
+        self._dialect: Dialect | None = None
+        self._thread_bound = False
+        self.startup: Attempt | None = None
+
+    # ------------------------------------------------------------------ installation
+    def wrap_creators(self, kwargs: MutableMapping[str, Any]) -> bool:
+        """Wrap a caller's ``creator`` / ``async_creator`` in ``kwargs``; True if there was one."""
+        creator = kwargs.get("creator")
+        if creator is not None:
+            kwargs["creator"] = self._wrap_creator(creator)
+            return True
+        async_creator = kwargs.get("async_creator")
+        if async_creator is not None:
+            kwargs["async_creator"] = self._wrap_async_creator(async_creator)
+            return True
+        return False
+
+    def install(self, engine: Engine, *, listen: bool = True) -> None:
+        """Learn ``engine``'s dialect; with ``listen``, register the ``do_connect`` listener.
+
+        ``engine`` is the sync ``Engine`` (``AsyncEngine.sync_engine`` for asyncio).
+        ``listen=False`` when a wrapped creator does the connecting.
+        """
+        from sqlalchemy import event
+
+        dialect = engine.dialect
+        self._dialect = dialect
+        self._timeout_param = _TIMEOUT_PARAMS.get((dialect.name, dialect.driver))
+        self._thread_bound = not self._async and (dialect.name, dialect.driver) in _THREAD_BOUND
+        if not listen:
+            return
+
+        def heal_connect(
+            dialect: Dialect,
+            record: ConnectionPoolEntry | None,
+            cargs: list[Any],
+            cparams: dict[str, Any],
+        ) -> DBAPIConnection:
+            return self._do_connect(heal_connect, dialect, record, cargs, cparams)
+
+        event.listen(engine, "do_connect", heal_connect)
+
+    # ------------------------------------------------------------------ the retrying
+    def run(self, attempt_fn: Callable[[Attempt], T]) -> T:
+        """One bounded attempt during start-up, else ``attempt_fn`` under the reconnect policy."""
+        if self.startup is not None:
+            return attempt_fn(self.startup)
+        try:
+            return self._retrier.call(attempt_fn)
+        except RetryExhausted as gave_up:
+            raise _last_error(gave_up) from None
+
+    def _do_connect(
+        self,
+        listener: Callable[..., object],
+        dialect: Dialect,
+        record: ConnectionPoolEntry | None,
+        cargs: list[Any],
+        cparams: dict[str, Any],
+    ) -> DBAPIConnection:
+        chain = list(dialect.dispatch.do_connect)
+        later = chain[chain.index(listener) + 1 :] if listener in chain else []
+
+        def connect_once(attempt: Attempt) -> DBAPIConnection:
+            args = list(cargs)
+            params = dict(cparams)
+            for fn in later:
+                made: DBAPIConnection | None = fn(dialect, record, args, params)
+                if made is not None:
+                    return made
+            self._bound_connect_params(params, attempt)
+            return dialect.connect(*args, **params)
+
+        if self._async:
+            return self.run(lambda attempt: self._hard_bound(connect_once, attempt))
+        if self._thread_bound:
+            return self.run(lambda attempt: _thread_bound(connect_once, attempt))
+        return self.run(connect_once)
+
+    def _bound_connect_params(self, params: dict[str, Any], attempt: Attempt) -> None:
+        """Cap the driver's connect timeout by the caller's value and the time left."""
+        name = self._timeout_param
+        if name is None:
+            return
+        bound = attempt.bound(_caller_timeout(params.get(name)))
+        if bound is None:
+            return
+        if name == _WHOLE_SECONDS:
+            # Round down so the attempt ends before the deadline. libpq raises anything
+            # below 2 s to 2 s (and counts it per host): _thread_bound and _hard_bound
+            # cut such an attempt off at the deadline.
+            params[name] = max(LIBPQ_MIN_CONNECT_TIMEOUT, math.floor(bound))
+        else:
+            params[name] = bound
+
+    def _hard_bound(
+        self, connect: Callable[[Attempt], DBAPIConnection], attempt: Attempt
+    ) -> DBAPIConnection:
+        """Run ``connect`` in its own greenlet and cancel it when the policy's time is up.
+
+        This is what holds the deadline when less than libpq's 2 s minimum is
+        left, and for drivers whose connect timeout we do not know how to set.
+        The driver's own timeout (bounded in :meth:`_bound_connect_params`)
+        normally fires first.
+        """
+        from sqlalchemy.util.concurrency import greenlet_spawn
+
+        limit = attempt.remaining()
+        if limit is None:
+            return connect(attempt)
+        dialect = self._dialect
+        return _await(
+            within(greenlet_spawn(connect, attempt), limit, lambda: attempt_timeout(dialect, limit))
+        )
+
+    def _wrap_creator(self, creator: Callable[..., DBAPIConnection]) -> Callable[..., Any]:
+        takes_record = _takes_connection_record(creator)
+
+        def retrying_creator(connection_record: ConnectionPoolEntry | None = None) -> Any:
+            def connect_once(_attempt: Attempt) -> DBAPIConnection:
+                return creator(connection_record) if takes_record else creator()
+
+            if self._async:
+                return self.run(lambda attempt: self._hard_bound(connect_once, attempt))
+            return self.run(connect_once)
+
+        return retrying_creator
+
+    def _wrap_async_creator(
+        self, async_creator: Callable[[], Awaitable[T]]
+    ) -> Callable[[], Coroutine[Any, Any, T]]:
+        # SQLAlchemy awaits this on the event loop (not in a greenlet): use acall.
+        retrier = Retrier(
+            policy=self._retrier.policy,
+            classify=self._retrier.classify,
+            target=self._retrier.target,
+            hooks=self._retrier.hooks,
+            secrets=self._retrier.secrets,
+        )
+
+        async def connect_once(attempt: Attempt) -> T:
+            limit = attempt.remaining()
+            if limit is None:
+                return await async_creator()
+            dialect = self._dialect
+            return await within(async_creator(), limit, lambda: attempt_timeout(dialect, limit))
+
+        async def retrying_async_creator() -> T:
+            if self.startup is not None:
+                return await connect_once(self.startup)
+            try:
+                return await retrier.acall(connect_once)
+            except RetryExhausted as gave_up:
+                raise _last_error(gave_up) from None
+
+        return retrying_async_creator
+
+
+def _thread_bound(
+    connect: Callable[[Attempt], DBAPIConnection], attempt: Attempt
+) -> DBAPIConnection:
+    """Run the blocking ``connect`` on a helper thread; give up on it when time is up.
+
+    The psycopg adapter's helper: the abandoned thread ends by itself within the
+    (bounded) connect timeout and closes a connection that arrives too late; the
+    waiting thread gets psycopg's ``ConnectionTimeout`` at the deadline.
+    """
+    limit = attempt.remaining()
+    if limit is None:
+        return connect(attempt)
+    from .psycopg import _within
+
+    # _within is typed for psycopg connections; at run time it passes any object through.
+    within_thread: Callable[[float, Callable[[], DBAPIConnection]], DBAPIConnection]
+    within_thread = _within  # type: ignore[assignment]
+    return within_thread(limit, lambda: connect(attempt))
+
+
+def _greenlet_sleep(seconds: float) -> None:
+    """Sleep without blocking the event loop, from sync code inside SQLAlchemy's greenlet."""
+    from . import _timing
+
+    _await(_timing.asleep(seconds))
+
+
+def _await(awaitable: Awaitable[T]) -> T:
+    """Await from sync code inside SQLAlchemy's greenlet (``await_only`` before 2.1)."""
+    from sqlalchemy.util import concurrency
+
+    await_: Callable[[Awaitable[T]], T] | None = getattr(concurrency, "await_", None)
+    if await_ is None:
+        await_ = concurrency.await_only
+    return await_(awaitable)
+
+
+async def within(awaitable: Awaitable[T], seconds: float, error: Callable[[], Exception]) -> T:
+    """Await ``awaitable`` for at most ``seconds``; on timeout cancel it and raise ``error()``."""
+    import asyncio
+
+    try:
+        return await asyncio.wait_for(awaitable, seconds)
+    except asyncio.TimeoutError:
+        raise error() from None
+
+
+def attempt_timeout(dialect: Dialect | None, seconds: float) -> Exception:
+    """The error for a connect attempt we cut short: the driver's own kind where we know it.
+
+    psycopg gets its ``ConnectionTimeout`` with psycopg's own message; other
+    drivers get their DBAPI ``OperationalError``; without a dialect, a
+    :class:`TimeoutError`. SQLAlchemy wraps the DBAPI ones into
+    ``sqlalchemy.exc.OperationalError``, as it does for the driver's own timeouts.
+    """
+    text = f"connection attempt cut short after {seconds:.2f}s (time left under the policy)"
+    if dialect is None:
+        return TimeoutError(text)
+    if dialect.driver in {"psycopg", "psycopg_async"}:
+        from .psycopg import _deadline_timeout
+
+        return _deadline_timeout(seconds)
+    dbapi = dialect.loaded_dbapi
+    error_type = getattr(dbapi, "OperationalError", None)
+    if isinstance(error_type, type) and issubclass(error_type, Exception):
+        return error_type(text)
+    return TimeoutError(text)
+
+
+def _caller_timeout(value: object) -> float | None:
+    """The caller's own connect timeout in seconds; ``None`` for "none given" or "no limit".
+
+    A missing value means our default; 0 or less means "no limit" to libpq, so
+    only the policy's deadline bounds the attempt.
+    """
+    if value is None:
+        return DEFAULT_ATTEMPT_TIMEOUT
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return DEFAULT_ATTEMPT_TIMEOUT  # the driver will reject it with its own message
+    return seconds if seconds > 0 else None
+
+
+def _takes_connection_record(creator: Callable[..., object]) -> bool:
+    """Whether SQLAlchemy would pass the connection record to ``creator`` (one positional)."""
+    import inspect
+
+    try:
+        signature = inspect.signature(creator)
+    except (TypeError, ValueError):
+        return False
+    positional = [
+        p
+        for p in signature.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if len(positional) == 1 and positional[0].name == "connection_record":
+        return True
+    required = [p for p in positional if p.default is p.empty]
+    return len(required) == 1 and len(positional) == 1
+
+
+def _last_error(gave_up: RetryExhausted) -> BaseException:
+    """The error to raise when reconnecting gave up: the driver's last one, with a note.
+
+    Raising the driver's own error lets SQLAlchemy wrap it as it always does
+    (``sqlalchemy.exc.OperationalError``), so code written for a plain engine
+    keeps working; the ``GaveUp`` event has already been logged.
+    """
+    last = gave_up.last_exception
+    add_note = getattr(last, "add_note", None)  # Python 3.11+
+    if add_note is not None:
+        plural = "attempt" if gave_up.attempts == 1 else "attempts"
+        add_note(
+            f"resilient_connect: gave up reconnecting to {gave_up.target} after "
+            f"{gave_up.attempts} {plural} in {gave_up.elapsed:.2f}s"
+        )
+    return last
