@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 
+from ._bounded import await_within
 from ._engine import Retrier
 from ._errors import RetryExhausted
 
@@ -227,7 +228,11 @@ class Healer:
             return connect(attempt)
         dialect = self._dialect
         return _await(
-            within(greenlet_spawn(connect, attempt), limit, lambda: attempt_timeout(dialect, limit))
+            await_within(
+                greenlet_spawn(connect, attempt),
+                limit,
+                timeout_error=lambda seconds: attempt_timeout(dialect, seconds),
+            )
         )
 
     def _wrap_creator(self, creator: Callable[..., DBAPIConnection]) -> Callable[..., Any]:
@@ -260,7 +265,11 @@ class Healer:
             if limit is None:
                 return await async_creator()
             dialect = self._dialect
-            return await within(async_creator(), limit, lambda: attempt_timeout(dialect, limit))
+            return await await_within(
+                async_creator(),
+                limit,
+                timeout_error=lambda seconds: attempt_timeout(dialect, seconds),
+            )
 
         async def retrying_async_creator() -> T:
             if self.startup is not None:
@@ -285,12 +294,15 @@ def _thread_bound(
     limit = attempt.remaining()
     if limit is None:
         return connect(attempt)
-    from .psycopg import _within
+    from ._bounded import call_within
+    from .psycopg import deadline_timeout
 
-    # _within is typed for psycopg connections; at run time it passes any object through.
-    within_thread: Callable[[float, Callable[[], DBAPIConnection]], DBAPIConnection]
-    within_thread = _within  # type: ignore[assignment]
-    return within_thread(limit, lambda: connect(attempt))
+    return call_within(
+        limit,
+        lambda: connect(attempt),
+        timeout_error=deadline_timeout,
+        discard=lambda late: late.close(),
+    )
 
 
 def _greenlet_sleep(seconds: float) -> None:
@@ -310,16 +322,6 @@ def _await(awaitable: Awaitable[T]) -> T:
     return await_(awaitable)
 
 
-async def within(awaitable: Awaitable[T], seconds: float, error: Callable[[], Exception]) -> T:
-    """Await ``awaitable`` for at most ``seconds``; on timeout cancel it and raise ``error()``."""
-    import asyncio
-
-    try:
-        return await asyncio.wait_for(awaitable, seconds)
-    except asyncio.TimeoutError:
-        raise error() from None
-
-
 def attempt_timeout(dialect: Dialect | None, seconds: float) -> Exception:
     """The error for a connect attempt we cut short: the driver's own kind where we know it.
 
@@ -332,9 +334,9 @@ def attempt_timeout(dialect: Dialect | None, seconds: float) -> Exception:
     if dialect is None:
         return TimeoutError(text)
     if dialect.driver in {"psycopg", "psycopg_async"}:
-        from .psycopg import _deadline_timeout
+        from .psycopg import deadline_timeout
 
-        return _deadline_timeout(seconds)
+        return deadline_timeout(seconds)
     dbapi = dialect.loaded_dbapi
     error_type = getattr(dbapi, "OperationalError", None)
     if isinstance(error_type, type) and issubclass(error_type, Exception):

@@ -34,6 +34,7 @@ from typing import overload
 import psycopg
 from psycopg import errors as _pg_errors
 
+from ._bounded import await_within, call_within
 from ._classify import Verdict
 from ._engine import Retrier
 from ._pg_rules import OTHER_SQLSTATE, RULES, UNKNOWN, Rule, by_message, by_sqlstate
@@ -315,27 +316,25 @@ class _Call:
         kwargs = self._bounded_kwargs(left)
         if left is None:
             return _untangled(lambda: psycopg.Connection.connect(self.conninfo, **kwargs))
-        return _within(left, lambda: psycopg.Connection.connect(self.conninfo, **kwargs))
+        return call_within(
+            left,
+            lambda: psycopg.Connection.connect(self.conninfo, **kwargs),
+            timeout_error=deadline_timeout,
+            discard=psycopg.Connection.close,
+        )
 
     async def aattempt(self, attempt: Attempt) -> AsyncConnection[Any]:
-        import asyncio
-
         left = attempt.remaining()
         kwargs = self._bounded_kwargs(left)
         try:
-            return await asyncio.wait_for(
-                psycopg.AsyncConnection.connect(self.conninfo, **kwargs), left
+            return await await_within(
+                psycopg.AsyncConnection.connect(self.conninfo, **kwargs),
+                left,
+                timeout_error=deadline_timeout,
             )
-        except asyncio.TimeoutError:
-            pass
         except psycopg.Error as exc:
             # Drop the traceback: see _untangled().
             raise exc.with_traceback(None)  # noqa: B904 - the same error, minus psycopg's frames
-        # Raised outside the handler on purpose: as the __context__ of our error, the
-        # TimeoutError (and the CancelledError behind it) would keep the cancelled connect's
-        # frames, and the half-open socket they hold, alive as long as our error.
-        assert left is not None
-        raise _deadline_timeout(left)
 
 
 def _untangled(connect: Callable[[], _T]) -> _T:
@@ -352,81 +351,12 @@ def _untangled(connect: Callable[[], _T]) -> _T:
         raise exc.with_traceback(None)  # noqa: B904 - the same error, minus psycopg's frames
 
 
-def _deadline_timeout(seconds: float) -> _pg_errors.ConnectionTimeout:
+def deadline_timeout(seconds: float) -> _pg_errors.ConnectionTimeout:
+    """psycopg's own timeout error, for an attempt we cut short at the retry deadline."""
     return _pg_errors.ConnectionTimeout(
         f"connection timeout expired: no connection within {seconds:.2f}s, "
         "the time left before the retry deadline"
     )
-
-
-def _within(seconds: float, connect: Callable[[], Connection[Any]]) -> Connection[Any]:
-    """Run the blocking ``connect`` on a helper thread and wait at most ``seconds`` for it.
-
-    psycopg's own timeout cannot bound an attempt precisely (per host, whole
-    seconds, at least 2 s, and it does not cover DNS). On time-out the helper
-    is abandoned: it ends by itself within ``connect_timeout`` (set to about
-    ``seconds`` by the caller) and closes a connection that arrives too late.
-    """
-    import threading
-
-    handoff = _Handoff()
-    thread = threading.Thread(
-        target=handoff.run, args=(connect,), name="resilient_connect-psycopg", daemon=True
-    )
-    thread.start()
-    try:
-        handoff.done.wait(seconds)
-    finally:
-        conn, error, finished = handoff.collect()
-    if not finished:
-        raise _deadline_timeout(seconds)
-    if error is not None:
-        raise error
-    assert conn is not None
-    return conn
-
-
-class _Handoff:
-    """Passes the helper thread's connection or error to the waiting thread, exactly once."""
-
-    __slots__ = ("abandoned", "conn", "done", "error", "lock")
-
-    def __init__(self) -> None:
-        import threading
-
-        self.lock = threading.Lock()
-        self.done = threading.Event()
-        self.conn: Connection[Any] | None = None
-        self.error: Exception | None = None
-        self.abandoned = False
-
-    def run(self, connect: Callable[[], Connection[Any]]) -> None:
-        try:
-            conn = connect()
-        except Exception as exc:  # noqa: BLE001 - handed to the waiting thread as is
-            # No traceback: it would tie psycopg's frames (and a half-open socket) to the error.
-            self._deliver(None, exc.with_traceback(None))
-            return
-        if not self._deliver(conn, None):
-            conn.close()
-
-    def _deliver(self, conn: Connection[Any] | None, error: Exception | None) -> bool:
-        with self.lock:
-            if self.abandoned:
-                return False
-            self.conn, self.error = conn, error
-            self.done.set()
-            return True
-
-    def collect(self) -> tuple[Connection[Any] | None, Exception | None, bool]:
-        """Take the outcome if there is one; otherwise abandon the helper."""
-        with self.lock:
-            if not self.done.is_set():
-                self.abandoned = True
-                return None, None, False
-            conn, error = self.conn, self.error
-            self.conn = self.error = None
-            return conn, error, True
 
 
 def _user_timeout(value: object) -> int | None:

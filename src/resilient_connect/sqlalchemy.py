@@ -244,7 +244,7 @@ async def create_async_engine(
     """
     from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
 
-    from ._sa_heal import within
+    from ._bounded import await_within
 
     parsed = sqlalchemy.make_url(url)
     if parsed.get_backend_name() in _PLAIN_DIALECTS:
@@ -276,7 +276,7 @@ async def create_async_engine(
             if limit is None:
                 await round_trip()
             else:
-                await within(round_trip(), limit, lambda: _no_answer(limit))
+                await await_within(round_trip(), limit, timeout_error=_no_answer)
         finally:
             if healer is not None:
                 healer.startup = None

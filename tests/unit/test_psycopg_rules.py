@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import socket
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ from resilient_connect._pg_rules import RULES, UNKNOWN, rules_markdown
 from resilient_connect.psycopg import (
     DEFAULT_CONNECT_TIMEOUT,
     _Call,
-    _Handoff,
     _target,
     _user_timeout,
     aconnect_with_retry,
@@ -414,56 +412,6 @@ def test_password_keyword_is_a_secret() -> None:
     call = _Call("", {"host": "h", "password": "kw-S3cret", "sslpassword": "key-S3cret"})
     assert set(call.secrets) == {"kw-S3cret", "key-S3cret"}
     assert call.retrier(None, ()).secrets == call.secrets
-
-
-class FakeConn:
-    def __init__(self) -> None:
-        self.closed = False
-
-    def close(self) -> None:
-        self.closed = True
-
-
-def test_handoff_closes_a_connection_that_arrives_after_the_deadline() -> None:
-    """A connection the waiting thread gave up on is closed by the helper, not leaked."""
-    handoff = _Handoff()
-    release = threading.Event()
-    conn = FakeConn()
-
-    def slow() -> Any:
-        release.wait(5)
-        return conn
-
-    thread = threading.Thread(target=handoff.run, args=(slow,))
-    thread.start()
-    assert handoff.collect() == (None, None, False)
-    release.set()
-    thread.join(5)
-    assert conn.closed
-
-
-def test_handoff_delivers_error_without_traceback() -> None:
-    """The helper hands over its error with no traceback (no frames, no half-open socket)."""
-    handoff = _Handoff()
-
-    def boom() -> Any:
-        raise psycopg.OperationalError("Connection refused")
-
-    handoff.run(boom)
-    conn, error, finished = handoff.collect()
-    assert finished
-    assert conn is None
-    assert isinstance(error, psycopg.OperationalError)
-    assert error.__traceback__ is None
-
-
-def test_handoff_race_takes_a_result_that_arrived_in_time() -> None:
-    """If the connection arrives just before collect(), it is returned, not closed."""
-    handoff = _Handoff()
-    conn = FakeConn()
-    handoff.run(lambda: conn)
-    assert handoff.collect() == (conn, None, True)
-    assert not conn.closed
 
 
 def test_blackhole_bounded_by_short_deadline() -> None:
