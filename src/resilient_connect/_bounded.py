@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+#: Name of the helper threads, so tests and debuggers can tell them apart.
+THREAD_NAME = "resilient_connect-attempt"
+
 
 def call_within(
     seconds: float,
@@ -43,9 +46,7 @@ def call_within(
     stopped waiting is passed to ``discard`` (``conn.close``, say).
     """
     handoff: _Handoff[T] = _Handoff(discard)
-    thread = threading.Thread(
-        target=handoff.run, args=(call,), name="resilient_connect-attempt", daemon=True
-    )
+    thread = threading.Thread(target=handoff.run, args=(call,), name=THREAD_NAME, daemon=True)
     thread.start()
     try:
         handoff.done.wait(seconds)

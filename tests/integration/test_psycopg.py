@@ -35,6 +35,7 @@ from resilient_connect import (
     RetryScheduled,
     log_event,
 )
+from resilient_connect._bounded import THREAD_NAME
 from resilient_connect._events import Event
 from resilient_connect.psycopg import aconnect_with_retry, classify, connect_with_retry
 from resilient_connect.testing import instant_waits
@@ -113,7 +114,7 @@ def wait_for_helper_threads(timeout: float = 15.0) -> int:
     """Poll until no connect helper thread is left; return how many remain."""
     deadline = time.monotonic() + timeout
     while True:
-        left = [t for t in threading.enumerate() if t.name == "resilient_connect-psycopg"]
+        left = [t for t in threading.enumerate() if t.name == THREAD_NAME]
         if not left or time.monotonic() > deadline:
             return len(left)
         time.sleep(0.02)
