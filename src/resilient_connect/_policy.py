@@ -168,7 +168,11 @@ class Backoff:
         """
         jitter = self.jitter
         if jitter == "decorrelated":
-            return decorrelated_jitter(self.initial, self.maximum, previous, rng.random())
+            # min(): a hard cap despite float rounding in lower + (upper - lower) * draw.
+            return min(
+                self.maximum,
+                decorrelated_jitter(self.initial, self.maximum, previous, rng.random()),
+            )
         ceiling = capped_exponential(self.initial, self.multiplier, self.maximum, retry)
         if jitter == "full":
             return full_jitter(ceiling, rng.random())
@@ -179,7 +183,9 @@ class Backoff:
         assert isinstance(jitter, float)  # validated in __post_init__
         band_cap = self.maximum / (1 + jitter)
         centre = capped_exponential(self.initial, self.multiplier, band_cap, retry)
-        return proportional_jitter(centre, jitter, rng.random())
+        # The band's top is `maximum` in exact arithmetic; the min() absorbs float rounding
+        # (one ulp, or more for subnormal caps) so that the cap is a hard guarantee.
+        return min(self.maximum, proportional_jitter(centre, jitter, rng.random()))
 
     def delays(self, rng: RandomSource | None = None) -> Iterator[float]:
         """Yield the waits between attempts, in order.

@@ -7,7 +7,7 @@ import pickle
 import random
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from resilient_connect import Backoff
@@ -239,18 +239,21 @@ policies = st.builds(
 
 @settings(deadline=None)  # timing on a shared machine is not what these pin
 @given(policy=policies, seed=st.integers(min_value=0, max_value=2**32))
+# Found by hypothesis: rounding at a subnormal cap once put a proportional delay above it.
+@example(policy=Backoff(initial=1.0, multiplier=1.0, maximum=5e-324, jitter=0.75), seed=0)
 def test_every_delay_is_within_zero_and_cap(policy: Backoff, seed: int) -> None:
     """Property: every delay lies in [0, maximum]; proportional ones also in their band."""
     stream = policy.delays(random.Random(seed))
     for retry, delay in zip(range(80), stream, strict=False):
-        assert 0 <= delay <= policy.maximum * (1 + 1e-12)
+        assert 0 <= delay <= policy.maximum
         if isinstance(policy.jitter, float):
             centre = capped_exponential(
                 policy.initial, policy.multiplier, policy.maximum / (1 + policy.jitter), retry
             )
             low = centre * (1 - policy.jitter)
             high = centre * (1 + policy.jitter)
-            assert low * (1 - 1e-9) <= delay <= high * (1 + 1e-9)
+            # Relative slack for float rounding, absolute slack for subnormal caps.
+            assert low * (1 - 1e-9) - 1e-300 <= delay <= high * (1 + 1e-9)
 
 
 @settings(deadline=None)  # timing on a shared machine is not what these pin
