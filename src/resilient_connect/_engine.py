@@ -134,11 +134,16 @@ class Retrier:
         """The clock this call uses."""
         return self._clock or _timing.clock
 
+    def deadline(self, start: float) -> float | None:
+        """The deadline of a call that started at ``start`` (``None``: no timeout)."""
+        timeout = self.policy.timeout
+        return None if timeout is None else start + timeout
+
     def call(self, fn: Callable[[Attempt], T]) -> T:
         """Call ``fn(attempt)`` until it returns, under the policy."""
         clock = self._clock or _timing.clock
         start = clock()
-        deadline = None if self.policy.timeout is None else start + self.policy.timeout
+        deadline = self.deadline(start)
         try:
             return fn(Attempt(1, deadline, clock))
         except Exception as exc:  # noqa: BLE001 - classified in resume(); BaseException never caught
@@ -177,7 +182,7 @@ class Retrier:
         """Await ``fn(attempt)`` until it returns, under the policy."""
         clock = self._clock or _timing.clock
         start = clock()
-        deadline = None if self.policy.timeout is None else start + self.policy.timeout
+        deadline = self.deadline(start)
         try:
             return await fn(Attempt(1, deadline, clock))
         except Exception as exc:  # noqa: BLE001 - see call()
@@ -232,8 +237,7 @@ class _Run:
         self.clock = retrier.clock()
         self.start = start
         self.attempt = 1
-        timeout = retrier.policy.timeout
-        self.deadline = None if timeout is None else start + timeout
+        self.deadline = retrier.deadline(start)
         self.previous = retrier.policy.initial
         self.last_call = False
         rng = retrier.rng
