@@ -111,6 +111,18 @@ def default_classifier(exc: Exception) -> Verdict:
         module = importlib.import_module(adapter)
         verdict: Verdict = module.classify(exc)
         return verdict
+    return os_error_verdict(exc) or Verdict(
+        transient=False, rule=f"not-an-os-error:{type(exc).__name__}"
+    )
+
+
+def os_error_verdict(exc: BaseException) -> Verdict | None:
+    """The one rule for socket-level errors: any ``OSError`` is transient, else ``None``.
+
+    Refused, reset, timed out, no route, name not resolvable *yet*: the network or
+    the server is not there for now. Rule name ``os-error:<ExceptionType>``. Every
+    classifier that meets an ``OSError`` outside its driver's own classes uses this.
+    """
     if isinstance(exc, OSError):
         return Verdict(transient=True, rule=f"os-error:{type(exc).__name__}")
-    return Verdict(transient=False, rule=f"not-an-os-error:{type(exc).__name__}")
+    return None

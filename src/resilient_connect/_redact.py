@@ -18,12 +18,37 @@ from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping
 
 MASK = "***"
-# Keys whose values are secrets in DSNs and URL query strings (libpq, redis-py, common ORMs).
-SECRET_KEYS = ("password", "passwd", "pwd", "sslpassword", "secret", "token", "auth")
+#: A key (a keyword argument, a DSN or URL query key) names a secret when its lower-case
+#: form contains one of these: password, passwd, ssl_password, sslpassword, passphrase,
+#: pwd, client_secret, token, auth_token...
+SECRET_KEY_FRAGMENTS = ("pass", "pwd", "secret", "token")
+#: Keys that are secrets although they contain no fragment (redis URLs' ``?auth=``).
+SECRET_KEYS = frozenset({"auth"})
 _MIN_SECRET_LENGTH = 3
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether the value of ``key`` is a secret: the one rule every adapter uses."""
+    lowered = key.lower()
+    return lowered in SECRET_KEYS or any(f in lowered for f in SECRET_KEY_FRAGMENTS)
+
+
+def secret_values(*sources: Mapping[str, object] | None) -> list[str]:
+    """The values of the secret keys (:func:`is_secret_key`) of every mapping, as text.
+
+    For keyword arguments and ``connect_args``: what a :class:`Redactor` must scrub
+    from error texts although it never appears in the target.
+    """
+    return [
+        str(value)
+        for source in sources
+        if source
+        for key, value in source.items()
+        if value is not None and value != "" and isinstance(key, str) and is_secret_key(key)
+    ]
 
 
 def redact(target: str) -> str:
@@ -87,16 +112,15 @@ def _is_scheme(candidate: str) -> bool:
 def _redact_key_values(text: str, secrets: list[str]) -> str:
     import re
 
-    keys = "|".join(SECRET_KEYS)
     pattern = re.compile(
-        rf"(?P<key>(?:^|(?<=[\s?&;,(])){keys})(?P<eq>\s*=\s*)"
+        r"(?P<key>(?:^|(?<=[\s?&;,(]))[A-Za-z_][\w.-]*)(?P<eq>\s*=\s*)"
         r"(?P<value>(?:'(?:[^'\\]|\\.)*'?|\"(?:[^\"\\]|\\.)*\"?)?[^\s&;,)]*)",
         re.IGNORECASE,
     )
 
     def mask(match: re.Match[str]) -> str:
         raw = match.group("value")
-        if not raw:
+        if not raw or not is_secret_key(match.group("key")):
             return match.group(0)
         inner = raw
         if raw[0] in "'\"":

@@ -160,13 +160,13 @@ def _connect_retrier(
     target: str | None,
     hooks: Sequence[Hook] | None,
 ) -> Retrier:
+    from ._redact import redact, secret_values
+
     if target is None:
         target = _name_of(factory)
         if args and isinstance(args[0], str):
-            from ._redact import redact
-
             target = f"{target}({redact(args[0])!r})"
-    secrets = [v for k, v in kwargs.items() if isinstance(v, str) and "pass" in k.lower()]
+    secrets = secret_values(kwargs)
     return Retrier(
         policy=_DEFAULT_POLICY if policy is None else policy,
         classify=classifier_for(on),

@@ -17,10 +17,11 @@ from typing import Any
 
 import pytest
 
-from resilient_connect import Backoff, _cli
-from resilient_connect._cli import UsageError, main, parse
-from resilient_connect._cli_output import Reporter, choose_mode
-from resilient_connect._probes import (
+from resilient_connect import Backoff
+from resilient_connect._cli import _main as _cli
+from resilient_connect._cli._main import UsageError, main, parse
+from resilient_connect._cli._output import Reporter, choose_mode
+from resilient_connect._cli._probes import (
     HTTPStatusError,
     TargetError,
     classify_http,
@@ -387,7 +388,7 @@ def test_wait_tcp_gives_up_with_exit_1(
     lines = err.splitlines()
     retries = [line for line in lines if "failed" in line]
     assert len(retries) == 2
-    assert "attempt 1 failed (net:ConnectionRefusedError)" in retries[0]
+    assert "attempt 1 failed (os-error:ConnectionRefusedError)" in retries[0]
     assert "next attempt in" in retries[0]
     assert "gave up after 3 attempts" in err
     assert lines[-1].startswith("resilient-connect: not ready")
@@ -615,7 +616,7 @@ def test_json_output_shape(
     retry = by_event["retry"][0]
     assert retry["target"] == f"tcp://127.0.0.1:{refused_port}"
     assert retry["attempt"] == 1
-    assert retry["rule"] == "net:ConnectionRefusedError"
+    assert retry["rule"] == "os-error:ConnectionRefusedError"
     assert retry["cause"].startswith("ConnectionRefusedError")
     assert isinstance(retry["delay"], float)
     assert by_event["gave_up"][0]["reason"] == "attempts"
@@ -674,7 +675,8 @@ def test_live_status_line_on_a_terminal(
     text = terminal.getvalue()
     assert "\r\x1b[K" in text
     assert "waiting" in text
-    assert f"tcp://127.0.0.1:{refused_port} attempt 4 (net:ConnectionRefusedError)" in text
+    # The part is cut to fit an 80-column line: the rule name ends in "...".
+    assert f"tcp://127.0.0.1:{refused_port} attempt 4 (os-error:ConnectionRef" in text
     assert "attempt 1 failed" not in text
     assert "gave up after 4 attempts" in text
     assert text.endswith("\n")
@@ -885,7 +887,7 @@ def test_https_against_a_plain_http_port_is_transient(
     url = server.url.replace("http://", "https://")
     code, err = run(capsys, "wait", url, "--attempts", "2")
     assert code == 1
-    assert "(net:SSLError)" in err
+    assert "(os-error:SSLError)" in err
 
 
 def test_missing_driver_is_a_usage_error(

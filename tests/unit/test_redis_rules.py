@@ -667,7 +667,7 @@ def test_retry_and_runtime_policy_are_exclusive() -> None:
 
 def test_probe_bounds_pool_settings_even_from_the_url_query() -> None:
     """URL query options beat keywords in from_url; the probe bounds the pool's own settings."""
-    from resilient_connect.redis import _driver_defaults, _PoolProbe
+    from resilient_connect.redis._connect import _driver_defaults, _PoolProbe
 
     pool = redis.ConnectionPool.from_url(
         "redis://localhost:6379/0?socket_timeout=30&socket_connect_timeout=30", socket_timeout=1
@@ -697,7 +697,7 @@ def test_probe_bounds_pool_settings_even_from_the_url_query() -> None:
 
 def test_factory_probe_keywords() -> None:
     """A custom factory gets Retry(NoBackoff(), 0) and timeouts bounded by the time left."""
-    from resilient_connect.redis import _driver_defaults, _factory_kwargs
+    from resilient_connect.redis._connect import _driver_defaults, _factory_kwargs
 
     attempt = Attempt(1, 102.0, lambda: 100.0)
     probe = _factory_kwargs({"db": 1}, attempt, _driver_defaults(redis.connection), aio=False)
@@ -712,8 +712,8 @@ def test_factory_probe_keywords() -> None:
 
 def test_sentinel_connection_class_choice() -> None:
     """The rediscovering connection class is used unless the caller chose one or TLS."""
-    from resilient_connect._redis_sentinel import SentinelConnection
-    from resilient_connect.redis import _master_options
+    from resilient_connect.redis._connect import _master_options
+    from resilient_connect.redis._sentinel import SentinelConnection
 
     assert _master_options({}, SentinelConnection) == {"connection_class": SentinelConnection}
     assert _master_options({"ssl": True}, SentinelConnection) == {}

@@ -17,19 +17,19 @@ from sqlalchemy import text
 from resilient_connect import Backoff, Event, GaveUp, NotRetried, RetryExhausted
 from resilient_connect._classify import default_classifier
 from resilient_connect._engine import Attempt
-from resilient_connect._sa_heal import (
-    DEFAULT_ATTEMPT_TIMEOUT,
-    Healer,
-    _caller_timeout,
-    _takes_connection_record,
-    attempt_timeout,
-)
 from resilient_connect.sqlalchemy import (
     DEFAULT_RECONNECT,
     classify,
     create_async_engine,
     create_engine,
     is_transient,
+)
+from resilient_connect.sqlalchemy._heal import (
+    DEFAULT_ATTEMPT_TIMEOUT,
+    Healer,
+    _caller_timeout,
+    _takes_connection_record,
+    attempt_timeout,
 )
 from resilient_connect.testing import instant_waits
 

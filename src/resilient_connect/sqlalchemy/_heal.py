@@ -37,9 +37,9 @@ from __future__ import annotations
 
 import math
 
-from ._bounded import await_within
-from ._engine import Retrier
-from ._errors import RetryExhausted
+from .._bounded import await_within
+from .._engine import Retrier
+from .._errors import RetryExhausted
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -50,10 +50,10 @@ if TYPE_CHECKING:
     from sqlalchemy.engine.interfaces import DBAPIConnection
     from sqlalchemy.pool import ConnectionPoolEntry
 
-    from ._classify import Classifier
-    from ._engine import Attempt
-    from ._events import Hook
-    from ._policy import Backoff
+    from .._classify import Classifier
+    from .._engine import Attempt
+    from .._events import Hook
+    from .._policy import Backoff
 
     T = TypeVar("T")
 
@@ -294,8 +294,8 @@ def _thread_bound(
     limit = attempt.remaining()
     if limit is None:
         return connect(attempt)
-    from ._bounded import call_within
-    from .psycopg import deadline_timeout
+    from .._bounded import call_within
+    from ..psycopg._connect import deadline_timeout
 
     return call_within(
         limit,
@@ -307,7 +307,7 @@ def _thread_bound(
 
 def _greenlet_sleep(seconds: float) -> None:
     """Sleep without blocking the event loop, from sync code inside SQLAlchemy's greenlet."""
-    from . import _timing
+    from .. import _timing
 
     _await(_timing.asleep(seconds))
 
@@ -334,7 +334,7 @@ def attempt_timeout(dialect: Dialect | None, seconds: float) -> Exception:
     if dialect is None:
         return TimeoutError(text)
     if dialect.driver in {"psycopg", "psycopg_async"}:
-        from .psycopg import deadline_timeout
+        from ..psycopg._connect import deadline_timeout
 
         return deadline_timeout(seconds)
     dbapi = dialect.loaded_dbapi

@@ -1,26 +1,4 @@
-"""redis-py adapter: wait until Redis answers, then keep the client connected.
-
-``connect_with_retry(url)`` returns a ``redis.Redis`` that has answered
-``PING``; ``aconnect_with_retry`` returns a ``redis.asyncio.Redis``. While
-waiting, each attempt is **one** bounded connect: the client's own ``Retry`` is
-held to a single attempt and its socket timeouts are cut to the time left, so
-the policy's deadline holds even against a server that accepts and never
-answers. Errors are judged by one table (:data:`RULES`): a wrong or missing
-password fails on the first attempt, although redis-py files it under
-``ConnectionError``.
-
-The returned client carries the **runtime bridge**: a ``redis.retry.Retry``
-driven by our engine (:func:`runtime_retry`), so a Redis restart while the
-application runs is absorbed with the same backoff, classification and log
-lines. ``runtime_policy=`` chooses its policy (default
-:data:`DEFAULT_RUNTIME_POLICY`: at most 10 s per command); pass redis-py's own
-``retry=`` instead to keep full control.
-
-Sentinel: :func:`connect_sentinel_with_retry` waits for the sentinels and for
-a master of the service. Cluster: pass ``factory=RedisCluster.from_url``.
-redis-py is imported when a function here is first called, never by
-``import resilient_connect``.
-"""
+"""Wait until Redis answers, through redis-py (see the package docstring)."""
 
 from __future__ import annotations
 
@@ -34,42 +12,24 @@ import redis.backoff
 import redis.retry
 import redis.sentinel
 
-from ._classify import Verdict
-from ._engine import Retrier
-from ._policy import Backoff
-from ._redis_bridge import (
-    DEFAULT_RUNTIME_POLICY,
-    PolicyBackoff,
+from .._engine import Retrier
+from .._policy import Backoff
+from .._redact import secret_values
+from ._bridge import (
     aruntime_retry,
     in_loop,
     leave_loop,
     runtime_retry,
 )
-from ._redis_rules import RULES, Rule
-from ._redis_rules import classify as _classify
-from ._redis_sentinel import AsyncSentinelConnection, SentinelConnection
+from ._rules import classify as _classify
+from ._sentinel import AsyncSentinelConnection, SentinelConnection
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 
-    from ._engine import Attempt
-    from ._events import Hook
+    from .._engine import Attempt
+    from .._events import Hook
 
-__all__ = [
-    "DEFAULT_RUNTIME_POLICY",
-    "DEFAULT_URL",
-    "RULES",
-    "PolicyBackoff",
-    "Rule",
-    "aconnect_sentinel_with_retry",
-    "aconnect_with_retry",
-    "aruntime_retry",
-    "classify",
-    "connect_sentinel_with_retry",
-    "connect_with_retry",
-    "is_transient",
-    "runtime_retry",
-]
 
 C = TypeVar("C")
 
@@ -79,16 +39,6 @@ _STARTUP_POLICY = Backoff()
 _MIN_TIMEOUT = 0.01
 _TIMEOUT_KEYS = ("socket_connect_timeout", "socket_timeout")
 _MISSING = object()
-
-
-def classify(exc: BaseException) -> Verdict:
-    """Judge a redis-py error with the first matching rule of :data:`RULES`."""
-    return _classify(exc)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """True if another attempt may succeed (server starting, loading, failing over...)."""
-    return _classify(exc).transient
 
 
 # --------------------------------------------------------------------------------------
@@ -162,17 +112,6 @@ def _drop_connections(pool: Any) -> None:
 async def _adrop_connections(pool: Any) -> None:
     await pool.disconnect()
     pool.reset()
-
-
-def _secrets(*sources: Mapping[str, Any] | None) -> list[str]:
-    """Keyword values to scrub from every message (``password=``, ``ssl_password=``...)."""
-    return [
-        value
-        for source in sources
-        if source
-        for key, value in source.items()
-        if isinstance(value, str) and "pass" in key.lower()
-    ]
 
 
 def _with_runtime_retry(
@@ -288,7 +227,7 @@ def connect_with_retry(
         redis.exceptions.RedisError, ValueError: a permanent error (wrong
             password, ACL denial, malformed URL), unchanged, after one attempt.
     """
-    secrets = _secrets(kwargs)
+    secrets = secret_values(kwargs)
     user_retry = _with_runtime_retry(
         kwargs, runtime_policy, target=url, hooks=hooks, secrets=secrets, asyncio=False
     )
@@ -362,7 +301,7 @@ def connect_sentinel_with_retry(
     # redis.sentinel is not annotated; typed as Any so strict mode accepts the calls.
     sentinel_class: Any = redis.sentinel.Sentinel
     target = _sentinel_target(sentinels, service_name)
-    secrets = _secrets(kwargs, sentinel_kwargs)
+    secrets = secret_values(kwargs, sentinel_kwargs)
     user_retry = _with_runtime_retry(
         kwargs, runtime_policy, target=target, hooks=hooks, secrets=secrets, asyncio=False
     )
@@ -489,7 +428,7 @@ async def aconnect_with_retry(
     (``redis.asyncio.cluster.RedisCluster.from_url``, say); it must not be a
     coroutine function.
     """
-    secrets = _secrets(kwargs)
+    secrets = secret_values(kwargs)
     user_retry = _with_runtime_retry(
         kwargs, runtime_policy, target=url, hooks=hooks, secrets=secrets, asyncio=True
     )
@@ -561,7 +500,7 @@ async def aconnect_sentinel_with_retry(
     """The asyncio twin of :func:`connect_sentinel_with_retry` (``redis.asyncio.sentinel``)."""
     sentinel_class: Any = redis.asyncio.sentinel.Sentinel
     target = _sentinel_target(sentinels, service_name)
-    secrets = _secrets(kwargs, sentinel_kwargs)
+    secrets = secret_values(kwargs, sentinel_kwargs)
     user_retry = _with_runtime_retry(
         kwargs, runtime_policy, target=target, hooks=hooks, secrets=secrets, asyncio=True
     )

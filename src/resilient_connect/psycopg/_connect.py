@@ -1,31 +1,4 @@
-"""psycopg 3 adapter: connect to PostgreSQL with retries, and know which errors to retry.
-
-:func:`connect_with_retry` and :func:`aconnect_with_retry` are drop-in
-replacements for ``psycopg.connect`` and ``psycopg.AsyncConnection.connect``
-that keep trying, under a :class:`~resilient_connect.Backoff` policy, while
-the server is down, starting, recovering or out of connection slots, and fail
-at once on errors another attempt cannot fix (wrong password, unknown
-database, bad conninfo).
-
-Classification (:func:`classify`, :func:`is_transient`, the :data:`RULES`
-table) is the hard part. psycopg gives no SQLSTATE for any connection-time
-failure, so those are judged by libpq's and the server's (English) message;
-errors that carry a SQLSTATE (those raised in a session) are judged by it,
-whatever the server's language. An ``OperationalError`` no rule knows is
-treated as transient (rule ``pg:unknown``) and retried until the deadline: it
-may be a localised server message, a proxy's wording or a reworded libpq text.
-Not retrying a not-ready state would defeat the purpose, while misjudging a
-permanent one costs one deadline, with the text logged at every attempt. See
-``docs/psycopg.md``.
-
-Each attempt is bounded by the time left before the policy's deadline, not by
-psycopg's connect timeout alone (which is per host, 130 s by default and at
-least 2 s): ``connect_timeout`` becomes the caller's or
-:data:`DEFAULT_CONNECT_TIMEOUT`, shared out so the hosts fit in the time left;
-the async function also uses :func:`asyncio.wait_for`, and the sync one waits
-for the blocking connect on a helper thread that it abandons, and that closes
-whatever it gets late, when the deadline comes first.
-"""
+"""Connect to PostgreSQL with psycopg 3, retrying under a policy; each attempt bounded."""
 
 from __future__ import annotations
 
@@ -34,11 +7,11 @@ from typing import overload
 import psycopg
 from psycopg import errors as _pg_errors
 
-from ._bounded import await_within, call_within
-from ._classify import Verdict
-from ._engine import Retrier
-from ._pg_rules import OTHER_SQLSTATE, RULES, UNKNOWN, Rule, by_message, by_sqlstate
-from ._policy import Backoff
+from .._bounded import await_within, call_within
+from .._engine import Retrier
+from .._policy import Backoff
+from .._redact import secret_values
+from ._classify import classify
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -49,22 +22,12 @@ if TYPE_CHECKING:
     from psycopg.abc import AdaptContext, ConnParam
     from psycopg.rows import AsyncRowFactory, RowFactory, TupleRow
 
-    from ._engine import Attempt
-    from ._events import Hook
+    from .._engine import Attempt
+    from .._events import Hook
 
     _Row = TypeVar("_Row")
     _T = TypeVar("_T")
 
-__all__ = [
-    "DEFAULT_CONNECT_TIMEOUT",
-    "RULES",
-    "UNKNOWN",
-    "Rule",
-    "aconnect_with_retry",
-    "classify",
-    "connect_with_retry",
-    "is_transient",
-]
 
 _DEFAULT_POLICY = Backoff()
 
@@ -76,55 +39,12 @@ answer would use up the whole retry budget in one attempt. With 10 s, a hung
 server is tried again (a restarted one answers at once). Give
 ``connect_timeout`` to choose another per-host limit.
 """
-_RULES_BY_NAME = {rule.name: rule for rule in RULES}
-_TIMEOUT = _RULES_BY_NAME["pg:timeout"].verdict
-_CLIENT_ERROR = Verdict(transient=False, rule="pg:client-error")
 # Keyword arguments of Connection.connect() that are not libpq connection parameters.
 _CONNECTION_OPTIONS = frozenset(
     {"autocommit", "prepare_threshold", "context", "row_factory", "cursor_factory"}
 )
 # Connection parameters shown in the target of logs and errors (never a password).
 _SHOWN_PARAMETERS = ("host", "hostaddr", "port", "dbname", "user")
-_SECRET_PARAMETERS = ("password", "sslpassword")
-
-
-def classify(exc: BaseException) -> Verdict:  # noqa: PLR0911 - one return per documented step
-    """Say whether another connection attempt may get past ``exc``, and which rule decided.
-
-    In order: psycopg's ``ConnectionTimeout`` is transient (``pg:timeout``); an
-    error carrying a SQLSTATE is judged by it (a SQLSTATE outside the table is
-    permanent, ``pg:sqlstate-XXXXX``: a working server rejected a statement);
-    an ``OperationalError`` without one is judged by its message, permanent
-    rules first; one that no rule matches is transient (``pg:unknown``). Other
-    psycopg errors (``ProgrammingError``, ``InterfaceError``) are raised by the
-    client itself and are permanent. Errors from outside psycopg: ``OSError``
-    is transient, anything else permanent.
-    """
-    if isinstance(exc, _pg_errors.ConnectionTimeout):
-        return _TIMEOUT
-    if not isinstance(exc, psycopg.Error):
-        name = type(exc).__name__
-        if isinstance(exc, OSError):
-            return Verdict(transient=True, rule=f"os-error:{name}")
-        return Verdict(transient=False, rule=f"not-a-psycopg-error:{name}")
-    message = str(exc)
-    sqlstate = exc.sqlstate
-    if sqlstate:
-        rule = by_sqlstate(sqlstate, message)
-        if rule is None:
-            return Verdict(transient=False, rule=f"{OTHER_SQLSTATE}{sqlstate}")
-        return rule.verdict
-    rule = by_message(message)
-    if not isinstance(exc, psycopg.OperationalError):
-        if rule is not None and not rule.transient:
-            return rule.verdict
-        return _CLIENT_ERROR
-    return (rule or UNKNOWN).verdict
-
-
-def is_transient(exc: BaseException) -> bool:
-    """``True`` if another connection attempt may succeed after ``exc`` (see :func:`classify`)."""
-    return classify(exc).transient
 
 
 @overload
@@ -252,9 +172,7 @@ class _Call:
         self.conninfo = conninfo
         self.kwargs = kwargs
         self.target = _target(conninfo, kwargs)
-        self.secrets = tuple(
-            str(kwargs[k]) for k in _SECRET_PARAMETERS if kwargs.get(k) not in (None, "")
-        )
+        self.secrets = tuple(secret_values(kwargs))
         self.parse_error: psycopg.ProgrammingError | None = None
         self.user_timeout: int | None = None
         self.hosts = 1
@@ -281,7 +199,7 @@ class _Call:
 
     def _masked(self, exc: psycopg.ProgrammingError) -> psycopg.ProgrammingError:
         """``exc``, or a copy whose message no longer quotes a secret (libpq echoes bad URLs)."""
-        from ._redact import Redactor
+        from .._redact import Redactor
 
         text = str(exc)
         scrubbed = Redactor(self.conninfo, self.secrets).scrub(text)

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import re
 
-from ._classify import Verdict
-from ._values import value
+from .._classify import Verdict
+from .._values import value
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -23,7 +23,7 @@ import json
 import threading
 import time
 
-from ._events import Event, GaveUp, NotRetried, Recovered, RetryScheduled
+from .._events import Event, GaveUp, NotRetried, Recovered, RetryScheduled
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -28,19 +28,19 @@ import redis.asyncio.retry
 import redis.backoff
 import redis.retry
 
-from . import _redis_rules
-from ._classify import Verdict
-from ._engine import Retrier
-from ._policy import Backoff, capped_exponential
+from .._classify import Verdict
+from .._engine import Retrier
+from .._policy import Backoff, capped_exponential
+from . import _rules as _redis_rules
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
     from typing import Any, TypeVar
 
-    from ._engine import Attempt
-    from ._events import Hook
-    from ._policy import RandomSource
+    from .._engine import Attempt
+    from .._events import Hook
+    from .._policy import RandomSource
 
     T = TypeVar("T")
 
@@ -174,7 +174,7 @@ class _BridgeCore:
 
     def retrier_target(self) -> str:
         """The target as shown to people: passwords hidden."""
-        from ._redact import redact
+        from .._redact import redact
 
         return redact(self.retrier.target)
 

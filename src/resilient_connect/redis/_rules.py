@@ -19,8 +19,8 @@ when the first error is classified.
 
 from __future__ import annotations
 
-from ._classify import Verdict
-from ._values import value
+from .._classify import Verdict, os_error_verdict
+from .._values import value
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -187,7 +187,7 @@ def _is_connection(exc: BaseException, rx: ModuleType) -> bool:
 
 
 def _is_os_error(exc: BaseException, rx: ModuleType) -> bool:
-    return isinstance(exc, OSError)
+    return os_error_verdict(exc) is not None
 
 
 def _is_response(exc: BaseException, rx: ModuleType) -> bool:
@@ -417,3 +417,8 @@ def classify(exc: BaseException) -> Verdict:
         if predicate(exc, rx):
             return _VERDICTS[rule.name]
     raise AssertionError("unreachable: the last rule matches everything")  # pragma: no cover
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True if another attempt may succeed (server starting, loading, failing over...)."""
+    return classify(exc).transient

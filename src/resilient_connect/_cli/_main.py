@@ -26,19 +26,19 @@ import sys
 import threading
 import time
 
-from ._cli_output import PERMANENT_EXIT, PROG, Reporter, choose_mode
-from ._errors import RetryExhausted
-from ._policy import Backoff, PolicyError
+from .._errors import RetryExhausted
+from .._policy import Backoff, PolicyError
+from .._redact import Redactor
+from .._version import __version__
+from ._output import PERMANENT_EXIT, PROG, Reporter, choose_mode
 from ._probes import NotReady, Target, TargetError, parse_target
-from ._redact import Redactor
-from ._version import __version__
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
     from typing import NoReturn
 
-    from ._events import Event
+    from .._events import Event
 
 EXIT_READY = 0
 EXIT_GAVE_UP = 1

@@ -24,9 +24,9 @@ from __future__ import annotations
 import re
 import socket
 
-from ._classify import Verdict
-from ._engine import Attempt, Retrier
-from ._redact import Redactor, redact
+from .._classify import Verdict, os_error_verdict
+from .._engine import Attempt, Retrier
+from .._redact import Redactor, redact
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -34,8 +34,8 @@ if TYPE_CHECKING:
     from typing import TypeAlias
     from urllib.parse import SplitResult
 
-    from ._events import Hook
-    from ._policy import Backoff
+    from .._events import Hook
+    from .._policy import Backoff
 
     Probe: TypeAlias = Callable[["Target", Backoff, Sequence[Hook]], None]
 
@@ -203,7 +203,7 @@ def _probe_postgres(target: Target, policy: Backoff, hooks: Sequence[Hook]) -> N
     between; a transient error there is reported as "not ready" (exit 1), a permanent
     one propagates (exit 3).
     """
-    from .psycopg import classify, connect_with_retry
+    from ..psycopg import classify, connect_with_retry
 
     conn = connect_with_retry(target.url, policy=policy, hooks=hooks)
     try:
@@ -220,7 +220,7 @@ def _probe_postgres(target: Target, policy: Backoff, hooks: Sequence[Hook]) -> N
 # ---------------------------------------------------------------------------- redis
 def _probe_redis(target: Target, policy: Backoff, hooks: Sequence[Hook]) -> None:
     """Connect through the redis adapter, which returns after a successful PING."""
-    from .redis import connect_with_retry
+    from ..redis import connect_with_retry
 
     client = connect_with_retry(target.url, policy=policy, hooks=hooks)
     client.close()
@@ -233,9 +233,9 @@ def classify_network(exc: Exception) -> Verdict:
 
     if isinstance(exc, ssl.SSLCertVerificationError):
         return Verdict(transient=False, rule="tls:certificate")
-    if isinstance(exc, OSError):
-        return Verdict(transient=True, rule=f"net:{type(exc).__name__}")
-    return Verdict(transient=False, rule=f"unexpected:{type(exc).__name__}")
+    return os_error_verdict(exc) or Verdict(
+        transient=False, rule=f"unexpected:{type(exc).__name__}"
+    )
 
 
 def _attempt_timeout(attempt: Attempt, ceiling: float) -> float:

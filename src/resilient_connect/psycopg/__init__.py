@@ -1,0 +1,47 @@
+"""psycopg 3 adapter: connect to PostgreSQL with retries, and know which errors to retry.
+
+:func:`connect_with_retry` and :func:`aconnect_with_retry` are drop-in
+replacements for ``psycopg.connect`` and ``psycopg.AsyncConnection.connect``
+that keep trying, under a :class:`~resilient_connect.Backoff` policy, while
+the server is down, starting, recovering or out of connection slots, and fail
+at once on errors another attempt cannot fix (wrong password, unknown
+database, bad conninfo).
+
+Classification (:func:`classify`, :func:`is_transient`, the :data:`RULES`
+table) is the hard part. psycopg gives no SQLSTATE for any connection-time
+failure, so those are judged by libpq's and the server's (English) message;
+errors that carry a SQLSTATE (those raised in a session) are judged by it,
+whatever the server's language. An ``OperationalError`` no rule knows is
+treated as transient (rule ``pg:unknown``) and retried until the deadline: it
+may be a localised server message, a proxy's wording or a reworded libpq text.
+Not retrying a not-ready state would defeat the purpose, while misjudging a
+permanent one costs one deadline, with the text logged at every attempt. See
+``docs/psycopg.md``.
+
+Each attempt is bounded by the time left before the policy's deadline, not by
+psycopg's connect timeout alone (which is per host, 130 s by default and at
+least 2 s): ``connect_timeout`` becomes the caller's or
+:data:`DEFAULT_CONNECT_TIMEOUT`, shared out so the hosts fit in the time left;
+the async function also uses :func:`asyncio.wait_for`, and the sync one waits
+for the blocking connect on a helper thread that it abandons, and that closes
+whatever it gets late, when the deadline comes first.
+"""
+
+from ._classify import classify, is_transient
+from ._connect import (
+    DEFAULT_CONNECT_TIMEOUT,
+    aconnect_with_retry,
+    connect_with_retry,
+)
+from ._rules import RULES, UNKNOWN, Rule
+
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "RULES",
+    "UNKNOWN",
+    "Rule",
+    "aconnect_with_retry",
+    "classify",
+    "connect_with_retry",
+    "is_transient",
+]

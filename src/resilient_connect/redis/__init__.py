@@ -1,0 +1,49 @@
+"""redis-py adapter: wait until Redis answers, then keep the client connected.
+
+``connect_with_retry(url)`` returns a ``redis.Redis`` that has answered
+``PING``; ``aconnect_with_retry`` returns a ``redis.asyncio.Redis``. While
+waiting, each attempt is **one** bounded connect: the client's own ``Retry`` is
+held to a single attempt and its socket timeouts are cut to the time left, so
+the policy's deadline holds even against a server that accepts and never
+answers. Errors are judged by one table (:data:`RULES`): a wrong or missing
+password fails on the first attempt, although redis-py files it under
+``ConnectionError``.
+
+The returned client carries the **runtime bridge**: a ``redis.retry.Retry``
+driven by our engine (:func:`runtime_retry`), so a Redis restart while the
+application runs is absorbed with the same backoff, classification and log
+lines. ``runtime_policy=`` chooses its policy (default
+:data:`DEFAULT_RUNTIME_POLICY`: at most 10 s per command); pass redis-py's own
+``retry=`` instead to keep full control.
+
+Sentinel: :func:`connect_sentinel_with_retry` waits for the sentinels and for
+a master of the service. Cluster: pass ``factory=RedisCluster.from_url``.
+redis-py is imported when a function here is first called, never by
+``import resilient_connect``.
+"""
+
+from ._bridge import DEFAULT_RUNTIME_POLICY, PolicyBackoff, aruntime_retry, runtime_retry
+from ._connect import (
+    DEFAULT_URL,
+    aconnect_sentinel_with_retry,
+    aconnect_with_retry,
+    connect_sentinel_with_retry,
+    connect_with_retry,
+)
+from ._rules import RULES, Rule, classify, is_transient
+
+__all__ = [
+    "DEFAULT_RUNTIME_POLICY",
+    "DEFAULT_URL",
+    "RULES",
+    "PolicyBackoff",
+    "Rule",
+    "aconnect_sentinel_with_retry",
+    "aconnect_with_retry",
+    "aruntime_retry",
+    "classify",
+    "connect_sentinel_with_retry",
+    "connect_with_retry",
+    "is_transient",
+    "runtime_retry",
+]
