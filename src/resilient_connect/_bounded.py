@@ -18,6 +18,7 @@ long as our error lives.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from typing import Generic, TypeVar
 
@@ -40,13 +41,17 @@ def call_within(
 ) -> T:
     """Return ``call()`` if it finishes within ``seconds``; else raise ``timeout_error(seconds)``.
 
-    ``call`` runs on a daemon thread. Its error is re-raised here without the
+    ``call`` runs on a daemon thread, in a copy of the caller's context (so a
+    retry loop it starts sees the attempt in scope). Its error is re-raised here without the
     helper thread's traceback (which would tie the driver's frames, and a
     half-open socket, to the error). A result that arrives after the caller
     stopped waiting is passed to ``discard`` (``conn.close``, say).
     """
     handoff: _Handoff[T] = _Handoff(discard)
-    thread = threading.Thread(target=handoff.run, args=(call,), name=THREAD_NAME, daemon=True)
+    context = contextvars.copy_context()
+    thread = threading.Thread(
+        target=context.run, args=(handoff.run, call), name=THREAD_NAME, daemon=True
+    )
     thread.start()
     try:
         handoff.done.wait(seconds)

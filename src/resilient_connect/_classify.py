@@ -87,32 +87,52 @@ def _by_predicate(predicate: Callable[[BaseException], bool]) -> Classifier:
     return classify
 
 
-# Adapter modules that can classify errors raised by their driver's package.
-_DRIVER_CLASSIFIERS = {
-    "psycopg": "resilient_connect.psycopg",
-    "redis": "resilient_connect.redis",
-    "sqlalchemy": "resilient_connect.sqlalchemy",
+# The classifier for the errors of each driver package: the path of an adapter module
+# with a ``classify`` function, imported the first time an error of that driver is
+# judged (the driver is loaded then, since it raised), or a registered function.
+_DRIVERS: dict[str, str | Classifier] = {
+    "psycopg": "resilient_connect.psycopg._classify",
+    "redis": "resilient_connect.redis._rules",
+    "sqlalchemy": "resilient_connect.sqlalchemy._classify",
 }
+
+
+def register_driver(package: str, classify: Classifier) -> None:
+    """Judge errors raised by the top-level package ``package`` with ``classify``."""
+    _DRIVERS[package] = classify
+
+
+def driver_verdict(exc: BaseException) -> Verdict | None:
+    """The verdict of the adapter that knows ``exc``'s driver, or ``None`` if none does.
+
+    The lookup goes by the top-level package of the exception's class. It
+    imports the adapter's classification module only (never its connect
+    functions, the redis bridge or ``redis.sentinel``).
+    """
+    package = type(exc).__module__.partition(".")[0]
+    entry = _DRIVERS.get(package)
+    if entry is None:
+        return None
+    if isinstance(entry, str):
+        import importlib
+
+        classify: Classifier = importlib.import_module(entry).classify
+        _DRIVERS[package] = entry = classify
+    return entry(exc)  # type: ignore[arg-type]  # adapters judge any BaseException
 
 
 def default_classifier(exc: Exception) -> Verdict:
     """Classify with the adapter that knows the error's driver, else by ``OSError``.
 
     An error raised by psycopg, redis-py or SQLAlchemy is judged by that
-    adapter's rules (the driver is already imported, since it raised). Any other
-    ``OSError`` (refused, reset, timeout, name not resolvable yet) is transient;
-    everything else is a bug or a misconfiguration and is not retried.
+    adapter's rules (:func:`driver_verdict`). Any other ``OSError`` (refused,
+    reset, timeout, name not resolvable yet) is transient; everything else is a
+    bug or a misconfiguration and is not retried.
     """
-    package = type(exc).__module__.partition(".")[0]
-    adapter = _DRIVER_CLASSIFIERS.get(package)
-    if adapter is not None:
-        import importlib
-
-        module = importlib.import_module(adapter)
-        verdict: Verdict = module.classify(exc)
-        return verdict
-    return os_error_verdict(exc) or Verdict(
-        transient=False, rule=f"not-an-os-error:{type(exc).__name__}"
+    return (
+        driver_verdict(exc)
+        or os_error_verdict(exc)
+        or Verdict(transient=False, rule=f"not-an-os-error:{type(exc).__name__}")
     )
 
 

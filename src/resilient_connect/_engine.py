@@ -9,32 +9,80 @@ Deadline first: after a failure the engine draws the next delay; if the next
 attempt would start at or past the deadline, it shortens that one wait so a
 last attempt starts halfway through the time left (when at least
 ``LAST_CALL_MINIMUM`` seconds remain), and gives up after it. It never sleeps
-into the deadline. Adapters read :meth:`Attempt.remaining` to bound their own
-connect timeouts, so an attempt does not run past the deadline either.
+into the deadline. Adapters bound their own connect timeouts with
+:meth:`Attempt.share`, so an attempt does not run past the deadline either.
+
+Nesting. While an attempt runs, it is *the attempt in scope*
+(:mod:`resilient_connect._scope` says how it is found: a context variable, and
+the stack for a decorated sync function's first attempt). A loop that starts
+inside it:
+
+* is bounded by the smallest deadline in scope (its own policy's, or an
+  enclosing attempt's, whichever comes first): every wait, every attempt and
+  every connect timeout derived from :meth:`Attempt.share`;
+* keeps retrying under its own policy within that bound, unless the
+  enclosing loop *owns the retries* (``Retrier(owns_retries=True)``): then it
+  makes exactly one attempt and lets its error through, unreported, for the
+  enclosing loop to judge. The adapters' start-up waits and the redis bridge
+  own their retries, because the loops inside them (a pool's reconnect, a
+  connection's own retry) would only repeat the same attempts;
+* when it gives up because an *enclosing* deadline came, it says so on the
+  enclosing attempts, and they give up at once too, with reason
+  ``"deadline"`` and a message naming the nested loop: there is no time left
+  for another attempt, and retrying the inner loop's whole wait would
+  multiply it.
 """
 
 from __future__ import annotations
 
+import sys
+
 from . import _timing
-from ._errors import RetryExhausted
+from ._errors import RetryExhausted, gave_up_line
 from ._events import GaveUp, NotRetried, Recovered, RetryScheduled
+from ._policy import Backoff
+from ._scope import (
+    CLOCK,
+    NESTED,
+    OWNER,
+    STARTED,
+    enter,
+    leave,
+    link,
+    mark_nested,
+    owns_inner_retries,
+    record,
+    take_stack_mark,
+    tightest,
+)
 
 #: Seconds that must be left before the deadline for a shortened last attempt.
 LAST_CALL_MINIMUM = 0.1
+#: The smallest per-attempt timeout handed to a driver (0 would mean "non-blocking").
+SMALLEST_TIMEOUT = 0.001
+#: Extra seconds a driver may spend outside its own connect timeout in one attempt
+#: (a DNS lookup: glibc gives up after 2 x 5 s). See :meth:`Attempt.driver_can_bound`.
+DRIVER_SLACK = 10.0
+#: The policy used when a call passes ``policy=None`` and its adapter has no other default.
+DEFAULT_POLICY = Backoff()
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Sequence
-    from typing import TypeVar
+    from types import FrameType
+    from typing import Any, NoReturn, TypeVar
 
     from ._classify import Classifier
     from ._errors import GiveUpReason
     from ._events import Event, Hook
-    from ._policy import Backoff, RandomSource
+    from ._policy import RandomSource
     from ._redact import Redactor
     from ._timing import AsyncSleep, Clock, Sleep
 
     T = TypeVar("T")
+    FailureCallback = Callable[[Exception], object]
+
+_UNKNOWN = object()
 
 
 class Attempt:
@@ -42,21 +90,40 @@ class Attempt:
 
     Attributes:
         number: 1 for the first attempt.
-        deadline: the policy's deadline on the engine's clock, or ``None``.
+        deadline: the deadline on ``clock``, or ``None``: the policy's, or an
+            enclosing call's when that comes first. Found on first use (the
+            redis bridge's success path never needs it).
+        clock: the engine's clock for this call.
     """
 
-    __slots__ = ("_clock", "deadline", "number")
+    __slots__ = ("_deadline", "_scope", "clock", "number")
 
-    def __init__(self, number: int, deadline: float | None, clock: Clock) -> None:
+    def __init__(
+        self,
+        number: int,
+        deadline: float | None,
+        clock: Clock,
+        scope: list[Any] | None = None,
+    ) -> None:
         self.number = number
-        self.deadline = deadline
-        self._clock = clock
+        self.clock = clock
+        self._scope = scope
+        self._deadline: object = _UNKNOWN if scope is not None else deadline
+
+    @property
+    def deadline(self) -> float | None:
+        """The deadline that applies to this attempt (the tightest in scope)."""
+        deadline = self._deadline
+        if deadline is _UNKNOWN:
+            assert self._scope is not None
+            deadline = self._deadline = tightest(self._scope)[0]
+        return deadline  # type: ignore[return-value]  # a float or None once known
 
     def remaining(self) -> float | None:
         """Seconds left before the deadline (never negative), or ``None`` if there is none."""
         if self.deadline is None:
             return None
-        return max(0.0, self.deadline - self._clock())
+        return max(0.0, self.deadline - self.clock())
 
     def bound(self, timeout: float | None) -> float | None:
         """The smaller of ``timeout`` and the time left; ``None`` only if both are unbounded."""
@@ -64,6 +131,34 @@ class Attempt:
         if left is None:
             return timeout
         return left if timeout is None else min(timeout, left)
+
+    def share(self, own: float | None, *, hosts: int = 1) -> float | None:
+        """The per-host timeout of this attempt: the one rule every adapter and the CLI use.
+
+        ``own`` is the caller's per-attempt limit (or the adapter's default;
+        ``None``: none). A driver that tries ``hosts`` hosts one after another
+        gives each an equal share of the time left, and none more than ``own``:
+        ``min(own, remaining / hosts)``, at least :data:`SMALLEST_TIMEOUT`.
+        ``None`` only when there is neither a limit nor a deadline.
+        """
+        left = self.remaining()
+        if left is not None:
+            left /= max(1, hosts)
+            own = left if own is None else min(own, left)
+        return own if own is None else max(own, SMALLEST_TIMEOUT)
+
+    def driver_can_bound(self, worst_case: float | None) -> bool:
+        """Whether the driver's own timeouts (``worst_case`` seconds in all) keep the deadline.
+
+        ``worst_case`` is what the driver may take in one attempt with the
+        timeouts it was given (``None``: unbounded). When it does not fit in the
+        time left with :data:`DRIVER_SLACK` to spare, the adapter cuts the
+        attempt off at the deadline itself (helper thread, or cancellation).
+        """
+        left = self.remaining()
+        if left is None:
+            return True
+        return worst_case is not None and worst_case + DRIVER_SLACK <= left
 
     def __repr__(self) -> str:
         return f"Attempt(number={self.number}, remaining={self.remaining()})"
@@ -73,25 +168,30 @@ class Retrier:
     """Everything fixed about a retrying call: policy, classifier, target, hooks, time.
 
     Built once (at decoration time for :func:`~resilient_connect.retry`), then
-    shared. ``hooks=None`` means the default logging hook; ``()`` means none.
-    ``secrets`` are extra strings to scrub from causes (a ``password=``
-    keyword, say). ``reraise=True`` ends a call that gives up by raising the
-    last error itself (after the ``GaveUp`` event) instead of
-    ``RetryExhausted``, for bridges into libraries whose callers expect their
-    own exception types. ``clock``/``sleep``/``asleep``/``rng`` default to the
-    :mod:`resilient_connect._timing` attributes and the :mod:`random` module,
-    looked up at call time.
+    shared. ``policy=None`` means :data:`DEFAULT_POLICY`. ``hooks=None`` means
+    the default logging hook; ``()`` means none. ``secrets`` are extra strings
+    to scrub from causes (a ``password=`` keyword, say).
+
+    Giving up: ``reraise=False`` raises :class:`~resilient_connect.RetryExhausted`
+    from the last error; ``reraise=True`` raises the last error itself, with a
+    note saying that and why we gave up (after the ``GaveUp`` event), for
+    bridges into libraries whose callers expect their own exception types.
+    ``owns_retries=True``: loops started inside this retrier's attempts make
+    one attempt each (see the module docstring). ``clock``/``sleep``/
+    ``asleep``/``rng`` default to the :mod:`resilient_connect._timing`
+    attributes and the :mod:`random` module, looked up at call time.
     """
 
     __slots__ = (
         "_asleep",
         "_clock",
-        "_rng",
         "_sleep",
         "classify",
         "hooks",
+        "owns_retries",
         "policy",
         "reraise",
+        "rng",
         "secrets",
         "target",
     )
@@ -99,7 +199,7 @@ class Retrier:
     def __init__(
         self,
         *,
-        policy: Backoff,
+        policy: Backoff | None = None,
         classify: Classifier,
         target: str,
         hooks: Sequence[Hook] | None = None,
@@ -109,108 +209,160 @@ class Retrier:
         asleep: AsyncSleep | None = None,
         rng: RandomSource | None = None,
         reraise: bool = False,
+        owns_retries: bool = False,
     ) -> None:
         if hooks is None:
             from ._logging import log_event
 
             hooks = (log_event,)
-        self.policy = policy
+        self.policy = DEFAULT_POLICY if policy is None else policy
         self.classify = classify
         self.target = target
         self.hooks = tuple(hooks)
         self.secrets = tuple(secrets)
         self.reraise = reraise
+        self.owns_retries = owns_retries
         self._clock = clock
         self._sleep = sleep
         self._asleep = asleep
-        self._rng = rng
-
-    @property
-    def rng(self) -> RandomSource | None:
-        """The random source given at construction (``None``: the ``random`` module)."""
-        return self._rng
+        self.rng = rng
 
     def clock(self) -> Clock:
         """The clock this call uses."""
         return self._clock or _timing.clock
 
-    def deadline(self, start: float) -> float | None:
-        """The deadline of a call that started at ``start`` (``None``: no timeout)."""
-        timeout = self.policy.timeout
-        return None if timeout is None else start + timeout
+    @property
+    def fixed_clock(self) -> Clock | None:
+        """The clock given at construction, or ``None``: ``_timing.clock`` at call time."""
+        return self._clock
 
-    def call(self, fn: Callable[[Attempt], T]) -> T:
-        """Call ``fn(attempt)`` until it returns, under the policy."""
-        clock = self._clock or _timing.clock
-        start = clock()
-        deadline = self.deadline(start)
+    def call(
+        self,
+        fn: Callable[[Attempt], T],
+        *,
+        classify: Classifier | None = None,
+        on_failure: FailureCallback | None = None,
+    ) -> T:
+        """Call ``fn(attempt)`` until it returns, under the policy.
+
+        ``classify`` replaces the retrier's classifier for this call only.
+        ``on_failure(error)`` runs after every failed attempt, before the
+        error is judged (redis-py's ``fail`` callback, which disconnects).
+        """
+        scope = self.first_scope(sys._getframe())
+        token = enter(scope)
         try:
-            return fn(Attempt(1, deadline, clock))
+            return fn(Attempt(1, None, scope[CLOCK], scope))
         except Exception as exc:  # noqa: BLE001 - classified in resume(); BaseException never caught
             first = exc
-        return self.resume(fn, start, first)
+        finally:
+            leave(scope, token)
+        return self.resume(fn, scope, first, classify=classify, on_failure=on_failure)
+
+    def first_scope(self, owner: FrameType) -> list[Any]:
+        """The scope of a new call's first attempt, made in ``owner``'s frame (not entered)."""
+        clock = self._clock or _timing.clock
+        now = clock()
+        timeout = self.policy.timeout
+        deadline = None if timeout is None else now + timeout
+        return record(deadline, clock, now, owner, owns_retries=self.owns_retries)
 
     def resume(
         self,
         fn: Callable[[Attempt], T],
-        start: float,
+        scope: list[Any],
         first: Exception,
         *,
         classify: Classifier | None = None,
+        on_failure: FailureCallback | None = None,
     ) -> T:
-        """Continue after the first attempt (started at ``start``) failed with ``first``.
-
-        ``classify`` replaces the retrier's classifier for this call only.
-        """
-        run = _Run(self, start, classify)
+        """Continue after the first attempt (in ``scope``) failed with ``first``."""
+        run = _Run(self, scope, classify)
         failure: Exception | None = first
         del first
         sleep = self._sleep or _timing.sleep
         while failure is not None:
-            delay = run.failed(failure)
+            if on_failure is not None:
+                on_failure(failure)
+            delay = run.failed(scope, failure)
             failure = None
-            sleep(delay)
-            attempt = run.next_attempt()
+            if delay > 0:
+                sleep(delay)
+            scope = run.next_scope()
+            token = enter(scope)
             try:
-                result = fn(attempt)
+                result = fn(Attempt(run.number, run.deadline, run.clock))
             except Exception as exc:  # noqa: BLE001 - see call()
                 failure = exc
+            finally:
+                leave(scope, token)
         run.recovered()
         return result
 
-    async def acall(self, fn: Callable[[Attempt], Awaitable[T]]) -> T:
-        """Await ``fn(attempt)`` until it returns, under the policy."""
+    def resume_decorated(
+        self, fn: Callable[[Attempt], T], started: float, first: Exception, wrapper: FrameType
+    ) -> T:
+        """:meth:`resume` for a decorated sync function whose first attempt (on the stack,
+        in ``wrapper``'s frame, started at ``started``) failed with ``first``."""
         clock = self._clock or _timing.clock
-        start = clock()
-        deadline = self.deadline(start)
+        timeout = self.policy.timeout
+        deadline = None if timeout is None else started + timeout
+        scope = link(record(deadline, clock, started, wrapper))
+        scope[NESTED] = take_stack_mark(wrapper, started)
+        return self.resume(fn, scope, first)
+
+    async def acall(
+        self,
+        fn: Callable[[Attempt], Awaitable[T]],
+        *,
+        classify: Classifier | None = None,
+        on_failure: FailureCallback | None = None,
+    ) -> T:
+        """Await ``fn(attempt)`` until it returns, under the policy (see :meth:`call`).
+
+        ``on_failure`` may return an awaitable; it is awaited.
+        """
+        scope = self.first_scope(sys._getframe())
+        token = enter(scope)
         try:
-            return await fn(Attempt(1, deadline, clock))
+            return await fn(Attempt(1, None, scope[CLOCK], scope))
         except Exception as exc:  # noqa: BLE001 - see call()
             first = exc
-        return await self.aresume(fn, start, first)
+        finally:
+            leave(scope, token)
+        return await self.aresume(fn, scope, first, classify=classify, on_failure=on_failure)
 
     async def aresume(
         self,
         fn: Callable[[Attempt], Awaitable[T]],
-        start: float,
+        scope: list[Any],
         first: Exception,
         *,
         classify: Classifier | None = None,
+        on_failure: FailureCallback | None = None,
     ) -> T:
         """Async twin of :meth:`resume`; cancellation during a wait ends the call at once."""
-        run = _Run(self, start, classify)
+        run = _Run(self, scope, classify)
         failure: Exception | None = first
         del first
         asleep = self._asleep or _timing.asleep
         while failure is not None:
-            delay = run.failed(failure)
+            if on_failure is not None:
+                outcome = on_failure(failure)
+                if hasattr(outcome, "__await__"):
+                    await outcome
+            delay = run.failed(scope, failure)
             failure = None
-            await asleep(delay)
-            attempt = run.next_attempt()
+            if delay > 0:
+                await asleep(delay)
+            scope = run.next_scope()
+            token = enter(scope)
             try:
-                result = await fn(attempt)
+                result = await fn(Attempt(run.number, run.deadline, run.clock))
             except Exception as exc:  # noqa: BLE001 - see call()
                 failure = exc
+            finally:
+                leave(scope, token)
         run.recovered()
         return result
 
@@ -219,11 +371,14 @@ class _Run:
     """Per-call state after the first failure."""
 
     __slots__ = (
-        "attempt",
         "classify",
         "clock",
         "deadline",
         "last_call",
+        "number",
+        "once",
+        "outside",
+        "owner",
         "previous",
         "redactor",
         "retrier",
@@ -231,13 +386,16 @@ class _Run:
         "start",
     )
 
-    def __init__(self, retrier: Retrier, start: float, classify: Classifier | None) -> None:
+    def __init__(self, retrier: Retrier, first: list[Any], classify: Classifier | None) -> None:
         self.retrier = retrier
         self.classify = retrier.classify if classify is None else classify
-        self.clock = retrier.clock()
-        self.start = start
-        self.attempt = 1
-        self.deadline = retrier.deadline(start)
+        self.clock: Clock = first[CLOCK]
+        self.deadline, self.outside = tightest(first)
+        # Inside a loop that owns the retries: one attempt, the error goes to that loop.
+        self.once = owns_inner_retries(first)
+        self.start: float = first[STARTED]
+        self.owner = first[OWNER]
+        self.number = 1
         self.previous = retrier.policy.initial
         self.last_call = False
         rng = retrier.rng
@@ -259,26 +417,39 @@ class _Run:
         for hook in self.retrier.hooks:
             hook(event)
 
-    def next_attempt(self) -> Attempt:
-        self.attempt += 1
-        return Attempt(self.attempt, self.deadline, self.clock)
+    def next_scope(self) -> list[Any]:
+        """The scope of the next attempt (its number is :attr:`number`).
 
-    def failed(self, exc: Exception) -> float:
+        Its deadline is the tightest one already; :func:`_scope.enter` links it
+        to the same enclosing scope as the first attempt's.
+        """
+        self.number += 1
+        owns = self.retrier.owns_retries
+        return record(self.deadline, self.clock, self.start, self.owner, owns_retries=owns)
+
+    def failed(self, scope: list[Any], exc: Exception) -> float:
         """Return the delay before the next attempt, or raise (the error or ``RetryExhausted``).
 
         Redaction and event records cost microseconds, so they are built only
         when a hook will see them or an error message needs them.
         """
+        if self.once:
+            raise exc
         retrier = self.retrier
         policy = retrier.policy
         verdict = self.classify(exc)
         now = self.clock()
+        nested = scope[NESTED]
+        if nested is not None:
+            # A loop inside the attempt used the time up to our deadline: whatever its
+            # error says, there is no time left for another attempt.
+            self._give_up(exc, verdict.rule, "deadline", now - self.start, nested)
         if not verdict.transient:
             if retrier.hooks and verdict.report:
                 redactor = self._redactor()
                 event = NotRetried(
                     target=redactor.target,
-                    attempt=self.attempt,
+                    attempt=self.number,
                     elapsed=now - self.start,
                     exception=exc,
                     cause=redactor.describe(exc),
@@ -288,10 +459,10 @@ class _Run:
             raise exc
         reason: GiveUpReason | None = None
         delay = 0.0
-        if policy.attempts is not None and self.attempt >= policy.attempts:
+        if policy.attempts is not None and self.number >= policy.attempts:
             reason = "attempts"
         else:
-            delay = policy.delay(self.attempt - 1, self.previous, self.rng)
+            delay = policy.delay(self.number - 1, self.previous, self.rng)
             if self.deadline is not None and now + delay >= self.deadline:
                 left = self.deadline - now
                 if self.last_call or left < LAST_CALL_MINIMUM:
@@ -302,14 +473,14 @@ class _Run:
                     delay = left / 2
                     self.last_call = True
         if reason is not None:
-            self._give_up(exc, verdict.rule, reason, now - self.start)
+            self._give_up(exc, verdict.rule, reason, now - self.start, None)
         self.previous = delay
         if retrier.hooks:
             redactor = self._redactor()
             self._emit(
                 RetryScheduled(
                     target=redactor.target,
-                    attempt=self.attempt,
+                    attempt=self.number,
                     elapsed=now - self.start,
                     exception=exc,
                     cause=redactor.describe(exc),
@@ -319,30 +490,49 @@ class _Run:
             )
         return delay
 
-    def _give_up(self, exc: Exception, rule: str, reason: GiveUpReason, elapsed: float) -> None:
+    def _give_up(
+        self,
+        exc: Exception,
+        rule: str,
+        reason: GiveUpReason,
+        elapsed: float,
+        nested: tuple[str, int] | None,
+    ) -> NoReturn:
         redactor = self._redactor()
-        cause = redactor.describe(exc)
+        # A nested loop's RetryExhausted already says what went wrong: name its cause.
+        last = exc.last_exception if isinstance(exc, RetryExhausted) else exc
+        cause = redactor.describe(last)
+        if reason == "deadline":
+            # Our time ran out because an enclosing call's did: none of the calls up to
+            # that one must try again.
+            mark_nested(self.outside, redactor.target, self.number)
         if self.retrier.hooks:
             self._emit(
                 GaveUp(
                     target=redactor.target,
-                    attempt=self.attempt,
+                    attempt=self.number,
                     elapsed=elapsed,
                     exception=exc,
                     cause=cause,
                     reason=reason,
                     rule=rule,
+                    nested=nested,
                 )
             )
         if self.retrier.reraise:
+            add_note = getattr(exc, "add_note", None)  # Python 3.11+
+            if add_note is not None:
+                line = gave_up_line(self.number, elapsed, reason, nested)
+                add_note(f"resilient_connect: {redactor.target}: {line}")
             raise exc
         raise RetryExhausted(
             target=redactor.target,
-            attempts=self.attempt,
+            attempts=self.number,
             elapsed=elapsed,
             last_exception=exc,
             reason=reason,
             cause=cause,
+            nested=nested,
         ) from exc
 
     def recovered(self) -> None:
@@ -351,7 +541,7 @@ class _Run:
             self._emit(
                 Recovered(
                     target=self._redactor().target,
-                    attempt=self.attempt,
+                    attempt=self.number,
                     elapsed=elapsed,
                     exception=None,
                     cause="",

@@ -1,4 +1,4 @@
-"""The error raised when a policy gives up."""
+"""The error raised when a policy gives up, and the one line that says so."""
 
 from __future__ import annotations
 
@@ -20,8 +20,11 @@ class RetryExhausted(Exception):
         elapsed: seconds from the first attempt to giving up.
         last_exception: the error of the last attempt.
         reason: ``"attempts"`` when ``Backoff.attempts`` ran out, ``"deadline"``
-            when the next attempt could not start before ``Backoff.timeout``.
+            when the next attempt could not start before ``Backoff.timeout`` (or
+            before the deadline of an enclosing retrying call).
         cause: one line describing ``last_exception``, secrets removed.
+        nested: when a retry loop inside the last attempt used the time up to
+            the deadline: ``(its target, its attempts)``; else ``None``.
     """
 
     target: str
@@ -30,6 +33,7 @@ class RetryExhausted(Exception):
     last_exception: BaseException
     reason: GiveUpReason
     cause: str
+    nested: tuple[str, int] | None
 
     def __init__(
         self,
@@ -40,6 +44,7 @@ class RetryExhausted(Exception):
         last_exception: BaseException,
         reason: GiveUpReason = "attempts",
         cause: str | None = None,
+        nested: tuple[str, int] | None = None,
     ) -> None:
         self.target = target
         self.attempts = attempts
@@ -51,15 +56,12 @@ class RetryExhausted(Exception):
 
             cause = Redactor(target).describe(last_exception)
         self.cause = cause
+        self.nested = nested
         super().__init__(self._message())
 
     def _message(self) -> str:
-        plural = "attempt" if self.attempts == 1 else "attempts"
-        why = "deadline reached" if self.reason == "deadline" else "no attempts left"
-        return (
-            f"{self.target}: gave up after {self.attempts} {plural} in {self.elapsed:.2f}s "
-            f"({why}); last error: {self.cause}"
-        )
+        line = gave_up_line(self.attempts, self.elapsed, self.reason, self.nested)
+        return f"{self.target}: {line}; last error: {self.cause}"
 
     def __reduce__(self) -> tuple[object, ...]:
         return (_rebuild, (self._fields(),))
@@ -72,7 +74,28 @@ class RetryExhausted(Exception):
             "last_exception": self.last_exception,
             "reason": self.reason,
             "cause": self.cause,
+            "nested": self.nested,
         }
+
+
+def gave_up_line(
+    attempts: int, elapsed: float, reason: GiveUpReason, nested: tuple[str, int] | None = None
+) -> str:
+    """``gave up after 3 attempts in 2.00s (deadline reached)``: the one place that says it.
+
+    Used by :class:`RetryExhausted`, the logging hook, the command line and the
+    note on a re-raised driver error, so they always agree.
+    """
+    plural = "attempt" if attempts == 1 else "attempts"
+    if reason == "deadline":
+        why = "deadline reached"
+        if nested is not None:
+            inner, count = nested
+            inner_plural = "attempt" if count == 1 else "attempts"
+            why += f" inside the retry loop of {inner} ({count} {inner_plural})"
+    else:
+        why = "no attempts left"
+    return f"gave up after {attempts} {plural} in {elapsed:.2f}s ({why})"
 
 
 def _rebuild(fields: dict[str, object]) -> RetryExhausted:

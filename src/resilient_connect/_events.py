@@ -56,11 +56,14 @@ class RetryScheduled(Event):
 class GaveUp(Event):
     """The policy gave up after ``attempt`` attempts; ``RetryExhausted`` follows.
 
-    ``reason`` is ``"attempts"`` or ``"deadline"``.
+    ``reason`` is ``"attempts"`` or ``"deadline"``. ``nested`` is set when a
+    retry loop inside the last attempt used the time up to the deadline:
+    ``(its target, its attempts)``.
     """
 
     reason: Literal["attempts", "deadline"]
     rule: str
+    nested: tuple[str, int] | None = None
 
 
 @value

@@ -15,6 +15,7 @@ otherwise).
 
 from __future__ import annotations
 
+from ._errors import gave_up_line
 from ._events import Event, GaveUp, NotRetried, Recovered, RetryScheduled
 
 TYPE_CHECKING = False
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 LOGGER_NAME = "resilient_connect"
 
 RETRY_MESSAGE = "%s: attempt %d failed: %s; retrying in %.2fs (%s, %.2fs elapsed)"
-GAVE_UP_MESSAGE = "%s: gave up after %d %s in %.2fs (%s); last error: %s"
+GAVE_UP_MESSAGE = "%s: %s; last error: %s"
 NOT_RETRIED_MESSAGE = "%s: attempt %d failed with a permanent error, not retrying (%s): %s"
 RECOVERED_MESSAGE = "%s: succeeded on attempt %d after %.2fs"
 
@@ -69,19 +70,8 @@ def _render(event: Event) -> tuple[int, str, tuple[object, ...]]:
         )
         return _WARNING, RETRY_MESSAGE, args
     if isinstance(event, GaveUp):
-        why = "deadline reached" if event.reason == "deadline" else "no attempts left"
-        return (
-            _ERROR,
-            GAVE_UP_MESSAGE,
-            (
-                event.target,
-                event.attempt,
-                "attempt" if event.attempt == 1 else "attempts",
-                event.elapsed,
-                why,
-                event.cause,
-            ),
-        )
+        line = gave_up_line(event.attempt, event.elapsed, event.reason, event.nested)
+        return _ERROR, GAVE_UP_MESSAGE, (event.target, line, event.cause)
     if isinstance(event, NotRetried):
         return _ERROR, NOT_RETRIED_MESSAGE, (event.target, event.attempt, event.rule, event.cause)
     if isinstance(event, Recovered):

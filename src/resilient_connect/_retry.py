@@ -1,17 +1,21 @@
 """The public entry points: the ``retry`` decorator and the ``connect_with_retry`` helpers.
 
 Whether a function is sync or async is decided once, when decorating. The
-wrapper's success path is one clock read, one call and one ``try``; all of
-the machinery (classifying, redacting, events, sleeping) sits behind the first
-failure, in :mod:`resilient_connect._engine`.
+sync wrapper's success path is one clock read, one call and one ``try`` (its
+first attempt is found on the stack by loops nested inside it); the async one
+also puts its attempt in scope. All of the machinery (classifying, redacting,
+events, sleeping) sits behind the first failure, in
+:mod:`resilient_connect._engine`.
 """
 
 from __future__ import annotations
 
+import sys
+
 from . import _timing
 from ._classify import classifier_for
 from ._engine import Retrier
-from ._policy import Backoff
+from ._scope import enter, leave, register_wrapper
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -20,14 +24,13 @@ if TYPE_CHECKING:
 
     from ._classify import RetryOn
     from ._events import Hook
-    from ._policy import RandomSource
+    from ._policy import Backoff, RandomSource
     from ._timing import AsyncSleep, Clock, Sleep
 
     P = ParamSpec("P")
     T = TypeVar("T")
 
 _CO_COROUTINE = 0x80
-_DEFAULT_POLICY = Backoff()
 _WRAPPER_ASSIGNMENTS = ("__module__", "__name__", "__qualname__", "__doc__", "__annotations__")
 
 
@@ -64,7 +67,7 @@ def retry(
 
     def decorate(fn: Callable[P, T]) -> Callable[P, T]:
         retrier = Retrier(
-            policy=_DEFAULT_POLICY if policy is None else policy,
+            policy=policy,
             classify=classify,
             target=target if target is not None else _name_of(fn),
             hooks=hooks,
@@ -74,36 +77,54 @@ def retry(
             rng=rng,
         )
         if _is_async(fn):
-            return _wrap(fn, _async_wrapper(fn, retrier, clock))  # type: ignore[arg-type]
-        return _wrap(fn, _sync_wrapper(fn, retrier, clock))
+            return _wrap(fn, _async_wrapper(fn, retrier))  # type: ignore[arg-type]
+        return _wrap(fn, _sync_wrapper(fn, retrier))
 
     return decorate
 
 
-def _sync_wrapper(fn: Callable[P, T], retrier: Retrier, clock: Clock | None) -> Callable[P, T]:
+def _sync_wrapper(fn: Callable[P, T], retrier: Retrier) -> Callable[P, T]:
+    # Nothing but a clock read on the success path: the first attempt's scope lives on the
+    # stack, where a nested loop finds it (resilient_connect._scope reads `start` and
+    # `retrier` from this frame; keep those names).
+    fixed_clock = retrier.fixed_clock
+
     def retrying(*args: P.args, **kwargs: P.kwargs) -> T:
-        start = (clock or _timing.clock)()
+        start = (fixed_clock or _timing.clock)()
         try:
             return fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - classified by the engine; never BaseException
             first = exc
-        return retrier.resume(lambda _attempt: fn(*args, **kwargs), start, first)
+        wrapper = sys._getframe()
+        return retrier.resume_decorated(lambda _attempt: fn(*args, **kwargs), start, first, wrapper)
 
     return retrying
 
 
-def _async_wrapper(
-    fn: Callable[P, Awaitable[T]], retrier: Retrier, clock: Clock | None
-) -> Callable[P, Awaitable[T]]:
+def _async_wrapper(fn: Callable[P, Awaitable[T]], retrier: Retrier) -> Callable[P, Awaitable[T]]:
+    # Tasks interleave: the scope must be in the context (a context-variable write).
     async def retrying(*args: P.args, **kwargs: P.kwargs) -> T:
-        start = (clock or _timing.clock)()
+        scope = retrier.first_scope(sys._getframe())
+        token = enter(scope)
         try:
             return await fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - see the sync wrapper
             first = exc
-        return await retrier.aresume(lambda _attempt: fn(*args, **kwargs), start, first)
+        finally:
+            leave(scope, token)
+        return await retrier.aresume(lambda _attempt: fn(*args, **kwargs), scope, first)
 
     return retrying
+
+
+def _register_sync_wrapper() -> None:
+    code_type = type(_sync_wrapper.__code__)
+    for constant in _sync_wrapper.__code__.co_consts:
+        if isinstance(constant, code_type) and constant.co_name == "retrying":
+            register_wrapper(constant)
+
+
+_register_sync_wrapper()
 
 
 def connect_with_retry(
@@ -168,7 +189,7 @@ def _connect_retrier(
             target = f"{target}({redact(args[0])!r})"
     secrets = secret_values(kwargs)
     return Retrier(
-        policy=_DEFAULT_POLICY if policy is None else policy,
+        policy=policy,
         classify=classifier_for(on),
         target=target,
         hooks=hooks,

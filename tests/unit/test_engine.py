@@ -645,14 +645,14 @@ def test_unreported_verdicts_and_per_call_classifier() -> None:
     quiet = Verdict(transient=False, rule="not ours", report=False)
     application_error = KeyError("app")
 
+    errors: list[Exception] = [OSError("first"), application_error]
+
     def attempt_fn(attempt: Attempt) -> None:
-        raise application_error
+        raise errors.pop(0)
 
     with pytest.raises(KeyError) as caught:
-        retrier.resume(
+        retrier.call(
             attempt_fn,
-            time.now,
-            OSError("first"),
             classify=lambda e: quiet if isinstance(e, KeyError) else default_classifier(e),
         )
     assert caught.value is application_error

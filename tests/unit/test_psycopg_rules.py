@@ -17,6 +17,7 @@ import psycopg.errors as pg_errors
 import pytest
 
 from resilient_connect import Backoff, NotRetried, RetryExhausted, RetryScheduled
+from resilient_connect._engine import Attempt
 from resilient_connect._events import Event
 from resilient_connect.psycopg import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -343,7 +344,7 @@ async def test_async_unparsable_conninfo_fails_at_once() -> None:
     [
         ("host=a", {}, None, 100.0, DEFAULT_CONNECT_TIMEOUT),
         ("host=a", {}, None, 3.2, 4),
-        ("host=a", {}, None, 0.01, 1),
+        ("host=a", {}, None, 0.01, 2),
         ("host=a connect_timeout=3", {}, None, 100.0, 3),
         ("host=a connect_timeout=30", {}, None, 5.0, 5),
         ("host=a connect_timeout=30", {"connect_timeout": 4}, None, 100.0, 4),
@@ -363,14 +364,18 @@ def test_connect_timeout_fits_the_time_left(
     left: float | None,
     expected: int,
 ) -> None:
-    """connect_timeout given to psycopg: the user's (or 10 s), shared by hosts, within time left."""
+    """connect_timeout given to psycopg: the user's (or 10 s), shared by hosts, within time left,
+    in libpq's whole seconds (rounded up, at least 2)."""
     if env is None:
         monkeypatch.delenv("PGCONNECT_TIMEOUT", raising=False)
     else:
         monkeypatch.setenv("PGCONNECT_TIMEOUT", env)
     call = _Call(conninfo, dict(kwargs, autocommit=True))
-    bounded = call._bounded_kwargs(left)
+    now = 100.0
+    attempt = Attempt(1, None if left is None else now + left, lambda: now)
+    bounded, worst = call._bounded_kwargs(attempt)
     assert bounded["connect_timeout"] == expected
+    assert worst == expected * call.hosts * 2
     assert bounded["autocommit"] is True
 
 

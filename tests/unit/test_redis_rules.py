@@ -697,24 +697,40 @@ def test_probe_bounds_pool_settings_even_from_the_url_query() -> None:
 
 def test_factory_probe_keywords() -> None:
     """A custom factory gets Retry(NoBackoff(), 0) and timeouts bounded by the time left."""
-    from resilient_connect.redis._connect import _driver_defaults, _factory_kwargs
+    from resilient_connect.redis._connect import _FactoryStartup
 
+    url = "redis://127.0.0.1:1/0"
+    startup = _FactoryStartup(redis.Redis.from_url, url, {"db": 1}, None, (), aio=False)
     attempt = Attempt(1, 102.0, lambda: 100.0)
-    probe = _factory_kwargs({"db": 1}, attempt, _driver_defaults(redis.connection), aio=False)
+    probe = startup._probe_kwargs(attempt, aio=False)
     assert probe["db"] == 1
     assert probe["retry"].get_retries() == 0
     assert probe["socket_timeout"] == pytest.approx(2.0)
     roomy = Attempt(1, 200.0, lambda: 100.0)
-    probe = _factory_kwargs({}, roomy, _driver_defaults(redis.asyncio.connection), aio=True)
+    astartup = _FactoryStartup(redis.asyncio.Redis.from_url, url, {}, None, (), aio=True)
+    probe = astartup._probe_kwargs(roomy, aio=True)
     assert isinstance(probe["retry"], redis.asyncio.retry.Retry)
     assert "socket_timeout" not in probe
 
 
 def test_sentinel_connection_class_choice() -> None:
     """The rediscovering connection class is used unless the caller chose one or TLS."""
-    from resilient_connect.redis._connect import _master_options
-    from resilient_connect.redis._sentinel import SentinelConnection
+    from resilient_connect.redis._connect import _SentinelStartup
+    from resilient_connect.redis._sentinel import AsyncSentinelConnection, SentinelConnection
 
-    assert _master_options({}, SentinelConnection) == {"connection_class": SentinelConnection}
-    assert _master_options({"ssl": True}, SentinelConnection) == {}
-    assert _master_options({"connection_class": object}, SentinelConnection) == {}
+    def options(kwargs: dict[str, Any], *, aio: bool = False) -> dict[str, Any]:
+        startup = _SentinelStartup(
+            [("127.0.0.1", 1)],
+            "m",
+            sentinel_kwargs=None,
+            kwargs=kwargs,
+            runtime_policy=None,
+            hooks=(),
+            aio=aio,
+        )
+        return startup.master_options
+
+    assert options({}) == {"connection_class": SentinelConnection}
+    assert options({}, aio=True) == {"connection_class": AsyncSentinelConnection}
+    assert options({"ssl": True}) == {}
+    assert options({"connection_class": object}) == {}

@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 
-from .._errors import RetryExhausted
+from .._errors import RetryExhausted, gave_up_line
 from .._policy import Backoff, PolicyError
 from .._redact import Redactor
 from .._version import __version__
@@ -409,12 +409,8 @@ class _Waiter:
 def _gave_up_text(exc: RetryExhausted, *, check: bool) -> str:
     if check:
         return f"not ready: {exc.cause}"
-    why = "deadline reached" if exc.reason == "deadline" else "no attempts left"
-    plural = "attempt" if exc.attempts == 1 else "attempts"
-    return (
-        f"gave up after {exc.attempts} {plural} in {exc.elapsed:.2f}s ({why}); "
-        f"last error: {exc.cause}"
-    )
+    line = gave_up_line(exc.attempts, exc.elapsed, exc.reason, exc.nested)
+    return f"{line}; last error: {exc.cause}"
 
 
 # ---------------------------------------------------------------------------- exec

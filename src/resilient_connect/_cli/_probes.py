@@ -49,7 +49,6 @@ HTTP_ATTEMPT_TIMEOUT = 10.0
 #: retried until the deadline and then reported.
 HTTP_RETRY_STATUSES = frozenset({404, 408, 425, 429})
 _MAX_BODY = 64 * 1024
-_SMALLEST_TIMEOUT = 0.001
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 REDIS_SCHEMES = ("redis", "rediss")
@@ -239,9 +238,9 @@ def classify_network(exc: Exception) -> Verdict:
 
 
 def _attempt_timeout(attempt: Attempt, ceiling: float) -> float:
-    bound = attempt.bound(ceiling)
-    assert bound is not None  # ceiling is a number
-    return max(bound, _SMALLEST_TIMEOUT)
+    share = attempt.share(ceiling)  # the engine's one rule: the ceiling, or the time left
+    assert share is not None  # ceiling is a number
+    return share
 
 
 def _probe_tcp(target: Target, policy: Backoff, hooks: Sequence[Hook]) -> None:

@@ -9,6 +9,7 @@ from psycopg import errors as _pg_errors
 
 from .._bounded import await_within, call_within
 from .._engine import Retrier
+from .._libpq import connect_timeout, host_count, worst_case
 from .._policy import Backoff
 from .._redact import secret_values
 from ._classify import classify
@@ -28,8 +29,6 @@ if TYPE_CHECKING:
     _Row = TypeVar("_Row")
     _T = TypeVar("_T")
 
-
-_DEFAULT_POLICY = Backoff()
 
 DEFAULT_CONNECT_TIMEOUT = 10
 """Seconds each host gets per attempt when the caller sets no ``connect_timeout``.
@@ -185,12 +184,11 @@ class _Call:
             self.parse_error = self._masked(exc)
             return
         self.user_timeout = _user_timeout(params.get("connect_timeout"))
-        hosts = str(params.get("host") or params.get("hostaddr") or "")
-        self.hosts = max(1, hosts.count(",") + 1)
+        self.hosts = host_count(params.get("host") or params.get("hostaddr"))
 
     def retrier(self, policy: Backoff | None, hooks: Sequence[Hook] | None) -> Retrier:
         return Retrier(
-            policy=_DEFAULT_POLICY if policy is None else policy,
+            policy=policy,
             classify=classify,
             target=self.target,
             hooks=hooks,
@@ -213,27 +211,27 @@ class _Call:
     async def afail(self, attempt: Attempt) -> NoReturn:
         self.fail(attempt)
 
-    def _bounded_kwargs(self, left: float | None) -> dict[str, Any]:
-        """The keyword arguments with a ``connect_timeout`` that fits in the time left.
+    def _bounded_kwargs(self, attempt: Attempt) -> tuple[dict[str, Any], float | None]:
+        """The keyword arguments with a ``connect_timeout`` that fits, and libpq's worst case.
 
-        psycopg applies ``connect_timeout`` to each host (and each address of a
-        name) in turn, so each host gets an equal share of the time left, and no
-        more than the caller's own ``connect_timeout``, or
-        :data:`DEFAULT_CONNECT_TIMEOUT` when the caller set none. ``left=None``
-        (no deadline) keeps only the per-host limit.
+        Each host gets an equal share of the time left, and no more than the
+        caller's own ``connect_timeout``, or :data:`DEFAULT_CONNECT_TIMEOUT` when
+        the caller set none (:meth:`Attempt.share`); libpq counts whole seconds.
         """
-        per_host = DEFAULT_CONNECT_TIMEOUT if self.user_timeout is None else self.user_timeout
-        if left is not None:
-            import math
-
-            per_host = min(per_host, max(1, math.ceil(left / self.hosts)))
-        return {**self.kwargs, "connect_timeout": per_host}
+        own = DEFAULT_CONNECT_TIMEOUT if self.user_timeout is None else self.user_timeout
+        share = attempt.share(own, hosts=self.hosts)
+        if share is None:
+            return self.kwargs, None
+        timeout = connect_timeout(share)
+        return {**self.kwargs, "connect_timeout": timeout}, worst_case(timeout, self.hosts)
 
     def attempt(self, attempt: Attempt) -> Connection[Any]:
-        left = attempt.remaining()
-        kwargs = self._bounded_kwargs(left)
-        if left is None:
+        kwargs, worst = self._bounded_kwargs(attempt)
+        if attempt.driver_can_bound(worst):
+            # libpq's own timeout ends the attempt in time: no helper thread needed.
             return _untangled(lambda: psycopg.Connection.connect(self.conninfo, **kwargs))
+        left = attempt.remaining()
+        assert left is not None  # driver_can_bound() is true without a deadline
         return call_within(
             left,
             lambda: psycopg.Connection.connect(self.conninfo, **kwargs),
@@ -242,13 +240,13 @@ class _Call:
         )
 
     async def aattempt(self, attempt: Attempt) -> AsyncConnection[Any]:
-        left = attempt.remaining()
-        kwargs = self._bounded_kwargs(left)
+        kwargs, worst = self._bounded_kwargs(attempt)
+        connecting = psycopg.AsyncConnection.connect(self.conninfo, **kwargs)
         try:
+            if attempt.driver_can_bound(worst):
+                return await connecting
             return await await_within(
-                psycopg.AsyncConnection.connect(self.conninfo, **kwargs),
-                left,
-                timeout_error=deadline_timeout,
+                connecting, attempt.remaining(), timeout_error=deadline_timeout
             )
         except psycopg.Error as exc:
             # Drop the traceback: see _untangled().

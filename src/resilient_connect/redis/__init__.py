@@ -18,19 +18,55 @@ lines. ``runtime_policy=`` chooses its policy (default
 
 Sentinel: :func:`connect_sentinel_with_retry` waits for the sentinels and for
 a master of the service. Cluster: pass ``factory=RedisCluster.from_url``.
-redis-py is imported when a function here is first called, never by
+Importing this module loads only ``redis.exceptions``-level knowledge (the
+rule table); redis-py's clients, ``redis.asyncio`` and ``redis.sentinel`` are
+imported when a connect function or the bridge is first used, and never by
 ``import resilient_connect``.
 """
 
-from ._bridge import DEFAULT_RUNTIME_POLICY, PolicyBackoff, aruntime_retry, runtime_retry
-from ._connect import (
-    DEFAULT_URL,
-    aconnect_sentinel_with_retry,
-    aconnect_with_retry,
-    connect_sentinel_with_retry,
-    connect_with_retry,
-)
 from ._rules import RULES, Rule, classify, is_transient
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._bridge import DEFAULT_RUNTIME_POLICY, PolicyBackoff, aruntime_retry, runtime_retry
+    from ._connect import (
+        DEFAULT_URL,
+        aconnect_sentinel_with_retry,
+        aconnect_with_retry,
+        connect_sentinel_with_retry,
+        connect_with_retry,
+    )
+
+# Loaded on first use: classifying an error (the engine's default classifier does) needs
+# only the rule table, not redis.asyncio, redis.sentinel or the bridge.
+_LAZY = {
+    "DEFAULT_RUNTIME_POLICY": "._bridge",
+    "PolicyBackoff": "._bridge",
+    "aruntime_retry": "._bridge",
+    "runtime_retry": "._bridge",
+    "DEFAULT_URL": "._connect",
+    "aconnect_sentinel_with_retry": "._connect",
+    "aconnect_with_retry": "._connect",
+    "connect_sentinel_with_retry": "._connect",
+    "connect_with_retry": "._connect",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        msg = f"module {__name__!r} has no attribute {name!r}"
+        raise AttributeError(msg)
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "DEFAULT_RUNTIME_POLICY",

@@ -15,14 +15,15 @@ Two layers, usable separately:
 No retry inside a retry. redis-py nests its retries (a command's retry loop
 reconnects through the connection's own loop; health checks run inside the
 command's loop), and our start-up wait runs probes through the same client.
-A context variable marks "a loop is running": any bridge entered while it is
-set makes exactly one attempt, with redis-py's failure callback, like
-``Retry(NoBackoff(), 0)``. Only the outermost loop waits and reports.
+The bridge's engine owns its retries (``Retrier(owns_retries=True)``), and so
+do the start-up waits: a bridge entered inside one of their attempts makes
+exactly one attempt, with redis-py's failure callback, like
+``Retry(NoBackoff(), 0)``. Only the outermost loop waits and reports. Inside
+an application's own retrying call (``@resilient_connect.retry``), a bridge
+keeps retrying, but only until that call's deadline.
 """
 
 from __future__ import annotations
-
-import contextvars
 
 import redis.asyncio.retry
 import redis.backoff
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
     from typing import Any, TypeVar
 
-    from .._engine import Attempt
     from .._events import Hook
     from .._policy import RandomSource
 
@@ -48,25 +48,11 @@ if TYPE_CHECKING:
 #: a local Redis takes 20-300 ms), capped at 1 s, for at most 10 s per command.
 DEFAULT_RUNTIME_POLICY = Backoff(initial=0.05, multiplier=2.0, maximum=1.0, timeout=10.0)
 
-# True while a retry loop (ours at start-up, or a bridge's) runs in this context.
-_IN_LOOP: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "resilient_connect_redis_in_loop", default=False
-)
 # Errors outside redis-py's retry list (WRONGTYPE, say) are the application's, not ours.
 _NOT_RETRIED_BY_CLIENT = Verdict(transient=False, rule="redis:not-retried-by-client", report=False)
 
 # Ceiling for get_retries() when the policy counts time, not attempts.
 _MAX_REPORTED_RETRIES = 10_000
-
-
-def in_loop() -> contextvars.Token[bool]:
-    """Mark the current context as running a retry loop; ``reset`` the token afterwards."""
-    return _IN_LOOP.set(True)
-
-
-def leave_loop(token: contextvars.Token[bool]) -> None:
-    """Undo :func:`in_loop`."""
-    _IN_LOOP.reset(token)
 
 
 class PolicyBackoff(redis.backoff.AbstractBackoff):
@@ -170,6 +156,7 @@ class _BridgeCore:
             hooks=hooks,
             secrets=secrets,
             reraise=True,
+            owns_retries=True,
         )
 
     def retrier_target(self) -> str:
@@ -212,7 +199,12 @@ class _Failures:
         return self.is_retryable is None or self.is_retryable(error)
 
     def failed(self, error: Exception) -> Any:
-        """Run redis-py's failure callback (it disconnects); may return an awaitable."""
+        """Run redis-py's failure callback (it disconnects) if ``error`` counts for redis-py.
+
+        The engine's per-failure callback; may return an awaitable (asyncio clients).
+        """
+        if not self.counts(error):
+            return None
         self.count += 1
         if self.with_failure_count:
             return self.fail(error, self.count)
@@ -262,51 +254,13 @@ class BridgeRetry(redis.retry.Retry):
         with_failure_count: bool = False,  # noqa: FBT001, FBT002 - redis-py's signature
     ) -> T:
         """Run ``do`` until it succeeds, under the policy; see the module docstring."""
-
-        # Built on the first failure only: the success path stays a plain call.
-        def failures_for() -> _Failures:
-            return _Failures(
-                tuple(self._supported_errors),
-                fail,
-                is_retryable,
-                with_failure_count=with_failure_count,
-            )
-
-        if _IN_LOOP.get():
-            # Nested in another loop: one attempt, like Retry(NoBackoff(), 0).
-            try:
-                return do()
-            except Exception as error:
-                failures = failures_for()
-                if failures.counts(error):
-                    failures.failed(error)
-                raise
-
-        retrier = self._core.retrier
-        token = _IN_LOOP.set(True)
-        try:
-            start = retrier.clock()()
-            try:
-                return do()
-            except Exception as error:
-                failures = failures_for()
-                if not failures.counts(error):
-                    raise
-                failures.failed(error)
-                first = error
-
-            def attempt(_attempt: Attempt) -> T:
-                try:
-                    return do()
-                except Exception as error:
-                    if failures.counts(error):
-                        failures.failed(error)
-                    raise
-
-            # Gives up by raising redis-py's own last error (the retrier has reraise=True).
-            return retrier.resume(attempt, start, first, classify=failures.classify)
-        finally:
-            _IN_LOOP.reset(token)
+        failures = _Failures(
+            tuple(self._supported_errors), fail, is_retryable, with_failure_count=with_failure_count
+        )
+        # Gives up by raising redis-py's own last error (the retrier has reraise=True).
+        return self._core.retrier.call(
+            lambda _attempt: do(), classify=failures.classify, on_failure=failures.failed
+        )
 
 
 class AsyncBridgeRetry(redis.asyncio.retry.Retry):
@@ -341,49 +295,12 @@ class AsyncBridgeRetry(redis.asyncio.retry.Retry):
         with_failure_count: bool = False,  # noqa: FBT001, FBT002 - redis-py's signature
     ) -> T:
         """Await ``do`` until it succeeds, under the policy; see the module docstring."""
-
-        # Built on the first failure only: the success path stays a plain call.
-        def failures_for() -> _Failures:
-            return _Failures(
-                tuple(self._supported_errors),
-                fail,
-                is_retryable,
-                with_failure_count=with_failure_count,
-            )
-
-        if _IN_LOOP.get():
-            try:
-                return await do()
-            except Exception as error:
-                failures = failures_for()
-                if failures.counts(error):
-                    await failures.failed(error)
-                raise
-
-        retrier = self._core.retrier
-        token = _IN_LOOP.set(True)
-        try:
-            start = retrier.clock()()
-            try:
-                return await do()
-            except Exception as error:
-                failures = failures_for()
-                if not failures.counts(error):
-                    raise
-                await failures.failed(error)
-                first = error
-
-            async def attempt(_attempt: Attempt) -> T:
-                try:
-                    return await do()
-                except Exception as error:
-                    if failures.counts(error):
-                        await failures.failed(error)
-                    raise
-
-            return await retrier.aresume(attempt, start, first, classify=failures.classify)
-        finally:
-            _IN_LOOP.reset(token)
+        failures = _Failures(
+            tuple(self._supported_errors), fail, is_retryable, with_failure_count=with_failure_count
+        )
+        return await self._core.retrier.acall(
+            lambda _attempt: do(), classify=failures.classify, on_failure=failures.failed
+        )
 
 
 def runtime_retry(

@@ -17,15 +17,13 @@ from .._policy import Backoff
 from .._redact import secret_values
 from ._bridge import (
     aruntime_retry,
-    in_loop,
-    leave_loop,
     runtime_retry,
 )
 from ._rules import classify as _classify
 from ._sentinel import AsyncSentinelConnection, SentinelConnection
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+    from collections.abc import Callable, Mapping, MutableMapping, Sequence
 
     from .._engine import Attempt
     from .._events import Hook
@@ -34,7 +32,6 @@ if TYPE_CHECKING:
 C = TypeVar("C")
 
 DEFAULT_URL = "redis://localhost:6379/0"
-_STARTUP_POLICY = Backoff()
 # A socket timeout of 0 means "non-blocking" to Python; the smallest bound we hand out.
 _MIN_TIMEOUT = 0.01
 _TIMEOUT_KEYS = ("socket_connect_timeout", "socket_timeout")
@@ -54,8 +51,9 @@ def _driver_defaults(module: Any) -> dict[str, float | None]:
 
 
 def _bounded(current: float | None, attempt: Attempt) -> float | None:
-    bound = attempt.bound(current)
-    return bound if bound is None else max(bound, _MIN_TIMEOUT)
+    """A socket timeout for one attempt: the engine's one rule, but never below 10 ms."""
+    share = attempt.share(current)
+    return share if share is None else max(share, _MIN_TIMEOUT)
 
 
 class _PoolProbe:
@@ -140,34 +138,257 @@ def _no_retry(*, asyncio: bool) -> redis.retry.Retry | redis.asyncio.retry.Retry
     return redis.retry.Retry(redis.backoff.NoBackoff(), 0)
 
 
-def _factory_kwargs(
-    kwargs: Mapping[str, Any], attempt: Attempt, defaults: Mapping[str, float | None], *, aio: bool
-) -> dict[str, Any]:
-    """Keywords for one probe through a custom factory: no retry, timeouts bounded."""
-    probe = dict(kwargs)
-    probe["retry"] = _no_retry(asyncio=aio)
-    for key in _TIMEOUT_KEYS:
-        current = probe.get(key, defaults[key])
-        bounded = _bounded(current, attempt)
-        if bounded != current:
-            probe[key] = bounded
-    return probe
+class _Startup:
+    """One start-up wait, prepared once and I/O-free: target, secrets, runtime bridge.
+
+    Subclasses know how to make one attempt, sync (:meth:`attempt`) and async
+    (:meth:`aattempt`); everything else is shared. The start-up loop owns its
+    retries, so the bridge inside each probe makes a single attempt.
+    """
+
+    __slots__ = ("defaults", "kwargs", "secrets", "target", "user_retry")
+
+    def __init__(
+        self,
+        target: str,
+        kwargs: dict[str, Any],
+        runtime_policy: Backoff | None,
+        hooks: Sequence[Hook] | None,
+        *,
+        aio: bool,
+        extra_secrets: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.target = target
+        self.kwargs = kwargs
+        self.secrets = secret_values(kwargs, extra_secrets)
+        self.user_retry = _with_runtime_retry(
+            kwargs, runtime_policy, target=target, hooks=hooks, secrets=self.secrets, asyncio=aio
+        )
+        self.defaults = _driver_defaults(redis.asyncio.connection if aio else redis.connection)
+
+    def retrier(self, policy: Backoff | None, hooks: Sequence[Hook] | None) -> Retrier:
+        return Retrier(
+            policy=policy,
+            classify=_classify,
+            target=self.target,
+            hooks=hooks,
+            secrets=self.secrets,
+            owns_retries=True,
+        )
+
+    def _user_retry_replacement(self, *, aio: bool) -> object | None:
+        """While probing, a caller's own redis-py ``retry`` makes one attempt too."""
+        return _no_retry(asyncio=aio) if self.user_retry else None
 
 
-def _startup_retrier(
-    policy: Backoff | None, target: str, hooks: Sequence[Hook] | None, secrets: Iterable[str]
-) -> Retrier:
-    return Retrier(
-        policy=_STARTUP_POLICY if policy is None else policy,
-        classify=_classify,
-        target=target,
-        hooks=hooks,
-        secrets=secrets,
+class _UrlStartup(_Startup):
+    """``Redis.from_url(url, **kwargs)``, probed with PING."""
+
+    __slots__ = ()
+
+    def attempt(self, attempt: Attempt) -> Any:
+        client = redis.Redis.from_url(self.target, **self.kwargs)
+        try:
+            probe = _PoolProbe(
+                client.connection_pool,
+                attempt,
+                self.defaults,
+                self._user_retry_replacement(aio=False),
+            )
+            client.ping()
+        except BaseException:
+            client.close()
+            raise
+        if probe.restore():
+            _drop_connections(client.connection_pool)
+        return client
+
+    async def aattempt(self, attempt: Attempt) -> Any:
+        client = redis.asyncio.Redis.from_url(self.target, **self.kwargs)
+        try:
+            probe = _PoolProbe(
+                client.connection_pool,
+                attempt,
+                self.defaults,
+                self._user_retry_replacement(aio=True),
+            )
+            await client.ping()
+        except BaseException:
+            await _aclose(client)
+            raise
+        if probe.restore():
+            await _adrop_connections(client.connection_pool)
+        return client
+
+
+class _FactoryStartup(_Startup):
+    """``factory(url, **kwargs)`` (a Cluster client, say), probed with PING."""
+
+    __slots__ = ("factory",)
+
+    def __init__(self, factory: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.factory = factory
+
+    def _probe_kwargs(self, attempt: Attempt, *, aio: bool) -> dict[str, Any]:
+        """Keywords for one probe: no retry, timeouts bounded (the client keeps them)."""
+        probe = dict(self.kwargs)
+        probe["retry"] = _no_retry(asyncio=aio)
+        for key in _TIMEOUT_KEYS:
+            current = probe.get(key, self.defaults[key])
+            bounded = _bounded(current, attempt)
+            if bounded != current:
+                probe[key] = bounded
+        return probe
+
+    def attempt(self, attempt: Attempt) -> Any:
+        client = self.factory(self.target, **self._probe_kwargs(attempt, aio=False))
+        try:
+            client.ping()
+        except BaseException:
+            client.close()
+            raise
+        client.set_retry(self.kwargs["retry"])
+        return client
+
+    async def aattempt(self, attempt: Attempt) -> Any:
+        client = self.factory(self.target, **self._probe_kwargs(attempt, aio=True))
+        try:
+            await client.ping()
+        except BaseException:
+            await _aclose(client)
+            raise
+        client.set_retry(self.kwargs["retry"])
+        return client
+
+
+class _SentinelStartup(_Startup):
+    """``Sentinel(...).master_for(service_name)``, probed with PING."""
+
+    __slots__ = (
+        "master_options",
+        "sentinel_settings",
+        "sentinels",
+        "service_name",
+        "user_sentinel_retry",
     )
+
+    def __init__(
+        self,
+        sentinels: Sequence[tuple[str, int]],
+        service_name: str,
+        *,
+        sentinel_kwargs: Mapping[str, Any] | None,
+        kwargs: dict[str, Any],
+        runtime_policy: Backoff | None,
+        hooks: Sequence[Hook] | None,
+        aio: bool,
+    ) -> None:
+        target = _sentinel_target(sentinels, service_name)
+        super().__init__(
+            target, kwargs, runtime_policy, hooks, aio=aio, extra_secrets=sentinel_kwargs
+        )
+        self.sentinels = sentinels
+        self.service_name = service_name
+        if sentinel_kwargs is None:
+            settings = {k: v for k, v in kwargs.items() if k.startswith("socket_")}
+        else:
+            settings = dict(sentinel_kwargs)
+        self.user_sentinel_retry = "retry" in settings
+        settings.setdefault("retry", _no_retry(asyncio=aio))
+        self.sentinel_settings = settings
+        connection_class = AsyncSentinelConnection if aio else SentinelConnection
+        # Our rediscovering connection class, unless the caller chose one or asked for TLS
+        # (redis-py then picks its SSL sentinel connection).
+        if "connection_class" in kwargs or kwargs.get("ssl"):
+            self.master_options: dict[str, Any] = {}
+        else:
+            self.master_options = {"connection_class": connection_class}
+
+    def _connect(self, sentinel_class: Any) -> tuple[Any, Any]:
+        sentinel = sentinel_class(
+            self.sentinels, sentinel_kwargs=self.sentinel_settings, **self.kwargs
+        )
+        return sentinel, sentinel.master_for(self.service_name, **self.master_options)
+
+    def _probes(
+        self, sentinel: Any, client: Any, attempt: Attempt, *, aio: bool
+    ) -> list[_PoolProbe]:
+        replace = _no_retry(asyncio=aio) if self.user_sentinel_retry else None
+        probes = [
+            _PoolProbe(s.connection_pool, attempt, self.defaults, replace)
+            for s in sentinel.sentinels
+        ]
+        probes.append(
+            _PoolProbe(
+                client.connection_pool,
+                attempt,
+                self.defaults,
+                self._user_retry_replacement(aio=aio),
+            )
+        )
+        return probes
+
+    def attempt(self, attempt: Attempt) -> Any:
+        # redis.sentinel is not annotated; typed as Any so strict mode accepts the calls.
+        sentinel_class: Any = redis.sentinel.Sentinel
+        sentinel, client = self._connect(sentinel_class)
+        try:
+            probes = self._probes(sentinel, client, attempt, aio=False)
+            client.ping()
+        except BaseException:
+            client.close()
+            for sentinel_client in sentinel.sentinels:
+                sentinel_client.close()
+            raise
+        for probe in probes:
+            if probe.restore():
+                _drop_connections(probe.pool)
+        return client
+
+    async def aattempt(self, attempt: Attempt) -> Any:
+        sentinel_class: Any = redis.asyncio.sentinel.Sentinel
+        sentinel, client = self._connect(sentinel_class)
+        try:
+            probes = self._probes(sentinel, client, attempt, aio=True)
+            await client.ping()
+        except BaseException:
+            await _aclose(client)
+            for sentinel_client in sentinel.sentinels:
+                await _aclose(sentinel_client)
+            raise
+        for probe in probes:
+            if probe.restore():
+                await _adrop_connections(probe.pool)
+        return client
+
+
+def _startup(
+    url: str,
+    factory: Callable[..., Any] | None,
+    kwargs: dict[str, Any],
+    runtime_policy: Backoff | None,
+    hooks: Sequence[Hook] | None,
+    *,
+    aio: bool,
+) -> _UrlStartup | _FactoryStartup:
+    if factory is not None:
+        return _FactoryStartup(factory, url, kwargs, runtime_policy, hooks, aio=aio)
+    return _UrlStartup(url, kwargs, runtime_policy, hooks, aio=aio)
+
+
+async def _aclose(client: Any) -> None:
+    close = getattr(client, "aclose", None) or client.close
+    await close()
+
+
+def _sentinel_target(sentinels: Sequence[tuple[str, int]], service_name: str) -> str:
+    hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in sentinels)
+    return f"redis+sentinel://{hosts}/{service_name}"
 
 
 # --------------------------------------------------------------------------------------
-# Sync
+# The public functions, sync and async
 
 
 @overload
@@ -227,165 +448,8 @@ def connect_with_retry(
         redis.exceptions.RedisError, ValueError: a permanent error (wrong
             password, ACL denial, malformed URL), unchanged, after one attempt.
     """
-    secrets = secret_values(kwargs)
-    user_retry = _with_runtime_retry(
-        kwargs, runtime_policy, target=url, hooks=hooks, secrets=secrets, asyncio=False
-    )
-    retrier = _startup_retrier(policy, url, hooks, secrets)
-    if factory is not None:
-        return retrier.call(lambda attempt: _probe_factory(factory, url, kwargs, attempt))
-    return retrier.call(lambda attempt: _probe_url(url, kwargs, attempt, user_retry=user_retry))
-
-
-def _probe_url(url: str, kwargs: dict[str, Any], attempt: Attempt, *, user_retry: bool) -> Any:
-    token = in_loop()
-    try:
-        client = redis.Redis.from_url(url, **kwargs)
-        try:
-            probe = _PoolProbe(
-                client.connection_pool,
-                attempt,
-                _driver_defaults(redis.connection),
-                _no_retry(asyncio=False) if user_retry else None,
-            )
-            client.ping()
-        except BaseException:
-            client.close()
-            raise
-    finally:
-        leave_loop(token)
-    if probe.restore():
-        _drop_connections(client.connection_pool)
-    return client
-
-
-def _probe_factory(
-    factory: Callable[..., Any], url: str, kwargs: dict[str, Any], attempt: Attempt
-) -> Any:
-    token = in_loop()
-    try:
-        probe = _factory_kwargs(kwargs, attempt, _driver_defaults(redis.connection), aio=False)
-        client = factory(url, **probe)
-        try:
-            client.ping()
-        except BaseException:
-            client.close()
-            raise
-    finally:
-        leave_loop(token)
-    client.set_retry(kwargs["retry"])
-    return client
-
-
-def connect_sentinel_with_retry(
-    sentinels: Sequence[tuple[str, int]],
-    service_name: str,
-    *,
-    policy: Backoff | None = None,
-    hooks: Sequence[Hook] | None = None,
-    runtime_policy: Backoff | None = None,
-    sentinel_kwargs: Mapping[str, Any] | None = None,
-    **kwargs: Any,
-) -> redis.Redis:
-    """Wait for the sentinels and for a master of ``service_name``; return its client.
-
-    The client comes from ``redis.sentinel.Sentinel(...).master_for(service_name)``
-    and has answered ``PING``; it carries the runtime bridge, so after a
-    failover its next command rediscovers the master with our backoff.
-    ``sentinel_kwargs`` go to the clients that talk to the sentinels (default:
-    the ``socket_*`` keywords, as redis-py does); those clients never retry on
-    their own (``Retry(NoBackoff(), 0)`` unless you pass ``retry``), because the
-    master's retry loop already repeats the whole discovery. Other ``kwargs``
-    go to the master's connections (``password=``, ``db=``...).
-    """
-    # redis.sentinel is not annotated; typed as Any so strict mode accepts the calls.
-    sentinel_class: Any = redis.sentinel.Sentinel
-    target = _sentinel_target(sentinels, service_name)
-    secrets = secret_values(kwargs, sentinel_kwargs)
-    user_retry = _with_runtime_retry(
-        kwargs, runtime_policy, target=target, hooks=hooks, secrets=secrets, asyncio=False
-    )
-    sentinel_settings, user_sentinel_retry = _sentinel_settings(sentinel_kwargs, kwargs, aio=False)
-    master_options = _master_options(kwargs, SentinelConnection)
-    defaults = _driver_defaults(redis.connection)
-
-    def attempt_once(attempt: Attempt) -> Any:
-        token = in_loop()
-        try:
-            sentinel = sentinel_class(sentinels, sentinel_kwargs=sentinel_settings, **kwargs)
-            client: Any = sentinel.master_for(service_name, **master_options)
-            try:
-                probes = _sentinel_probes(
-                    sentinel, attempt, defaults, user_sentinel_retry, aio=False
-                )
-                probes.append(
-                    _PoolProbe(
-                        client.connection_pool,
-                        attempt,
-                        defaults,
-                        _no_retry(asyncio=False) if user_retry else None,
-                    )
-                )
-                client.ping()
-            except BaseException:
-                client.close()
-                _close_all(sentinel.sentinels)
-                raise
-        finally:
-            leave_loop(token)
-        for probe in probes:
-            if probe.restore():
-                _drop_connections(probe.pool)
-        return client
-
-    master: redis.Redis = _startup_retrier(policy, target, hooks, secrets).call(attempt_once)
-    return master
-
-
-def _sentinel_target(sentinels: Sequence[tuple[str, int]], service_name: str) -> str:
-    hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in sentinels)
-    return f"redis+sentinel://{hosts}/{service_name}"
-
-
-def _sentinel_settings(
-    sentinel_kwargs: Mapping[str, Any] | None, kwargs: Mapping[str, Any], *, aio: bool
-) -> tuple[dict[str, Any], bool]:
-    if sentinel_kwargs is None:
-        settings = {k: v for k, v in kwargs.items() if k.startswith("socket_")}
-    else:
-        settings = dict(sentinel_kwargs)
-    user_retry = "retry" in settings
-    settings.setdefault("retry", _no_retry(asyncio=aio))
-    return settings, user_retry
-
-
-def _master_options(kwargs: Mapping[str, Any], connection_class: type) -> dict[str, Any]:
-    """``master_for`` options: our rediscovering connection class, unless the caller chose
-    one or asked for TLS (redis-py then picks its SSL sentinel connection)."""
-    if "connection_class" in kwargs or kwargs.get("ssl"):
-        return {}
-    return {"connection_class": connection_class}
-
-
-def _sentinel_probes(
-    sentinel: Any,
-    attempt: Attempt,
-    defaults: Mapping[str, float | None],
-    user_retry: bool,  # noqa: FBT001 - private helper
-    *,
-    aio: bool,
-) -> list[_PoolProbe]:
-    replace = _no_retry(asyncio=aio) if user_retry else None
-    return [_PoolProbe(s.connection_pool, attempt, defaults, replace) for s in sentinel.sentinels]
-
-
-def _close_all(clients: Iterable[Any]) -> None:
-    for client in clients:
-        client.close()
-
-
-# --------------------------------------------------------------------------------------
-# Async
+    startup = _startup(url, factory, kwargs, runtime_policy, hooks, aio=False)
+    return startup.retrier(policy, hooks).call(startup.attempt)
 
 
 @overload
@@ -428,63 +492,42 @@ async def aconnect_with_retry(
     (``redis.asyncio.cluster.RedisCluster.from_url``, say); it must not be a
     coroutine function.
     """
-    secrets = secret_values(kwargs)
-    user_retry = _with_runtime_retry(
-        kwargs, runtime_policy, target=url, hooks=hooks, secrets=secrets, asyncio=True
+    startup = _startup(url, factory, kwargs, runtime_policy, hooks, aio=True)
+    return await startup.retrier(policy, hooks).acall(startup.aattempt)
+
+
+def connect_sentinel_with_retry(
+    sentinels: Sequence[tuple[str, int]],
+    service_name: str,
+    *,
+    policy: Backoff | None = None,
+    hooks: Sequence[Hook] | None = None,
+    runtime_policy: Backoff | None = None,
+    sentinel_kwargs: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> redis.Redis:
+    """Wait for the sentinels and for a master of ``service_name``; return its client.
+
+    The client comes from ``redis.sentinel.Sentinel(...).master_for(service_name)``
+    and has answered ``PING``; it carries the runtime bridge, so after a
+    failover its next command rediscovers the master with our backoff.
+    ``sentinel_kwargs`` go to the clients that talk to the sentinels (default:
+    the ``socket_*`` keywords, as redis-py does); those clients never retry on
+    their own (``Retry(NoBackoff(), 0)`` unless you pass ``retry``), because the
+    master's retry loop already repeats the whole discovery. Other ``kwargs``
+    go to the master's connections (``password=``, ``db=``...).
+    """
+    startup = _SentinelStartup(
+        sentinels,
+        service_name,
+        sentinel_kwargs=sentinel_kwargs,
+        kwargs=kwargs,
+        runtime_policy=runtime_policy,
+        hooks=hooks,
+        aio=False,
     )
-    retrier = _startup_retrier(policy, url, hooks, secrets)
-    if factory is not None:
-        return await retrier.acall(lambda attempt: _aprobe_factory(factory, url, kwargs, attempt))
-    return await retrier.acall(
-        lambda attempt: _aprobe_url(url, kwargs, attempt, user_retry=user_retry)
-    )
-
-
-async def _aclose(client: Any) -> None:
-    close = getattr(client, "aclose", None) or client.close
-    await close()
-
-
-async def _aprobe_url(
-    url: str, kwargs: dict[str, Any], attempt: Attempt, *, user_retry: bool
-) -> Any:
-    token = in_loop()
-    try:
-        client = redis.asyncio.Redis.from_url(url, **kwargs)
-        try:
-            probe = _PoolProbe(
-                client.connection_pool,
-                attempt,
-                _driver_defaults(redis.asyncio.connection),
-                _no_retry(asyncio=True) if user_retry else None,
-            )
-            await client.ping()
-        except BaseException:
-            await _aclose(client)
-            raise
-    finally:
-        leave_loop(token)
-    if probe.restore():
-        await _adrop_connections(client.connection_pool)
-    return client
-
-
-async def _aprobe_factory(
-    factory: Callable[..., Any], url: str, kwargs: dict[str, Any], attempt: Attempt
-) -> Any:
-    token = in_loop()
-    try:
-        defaults = _driver_defaults(redis.asyncio.connection)
-        client = factory(url, **_factory_kwargs(kwargs, attempt, defaults, aio=True))
-        try:
-            await client.ping()
-        except BaseException:
-            await _aclose(client)
-            raise
-    finally:
-        leave_loop(token)
-    client.set_retry(kwargs["retry"])
-    return client
+    master: redis.Redis = startup.retrier(policy, hooks).call(startup.attempt)
+    return master
 
 
 async def aconnect_sentinel_with_retry(
@@ -498,47 +541,14 @@ async def aconnect_sentinel_with_retry(
     **kwargs: Any,
 ) -> redis.asyncio.Redis:
     """The asyncio twin of :func:`connect_sentinel_with_retry` (``redis.asyncio.sentinel``)."""
-    sentinel_class: Any = redis.asyncio.sentinel.Sentinel
-    target = _sentinel_target(sentinels, service_name)
-    secrets = secret_values(kwargs, sentinel_kwargs)
-    user_retry = _with_runtime_retry(
-        kwargs, runtime_policy, target=target, hooks=hooks, secrets=secrets, asyncio=True
+    startup = _SentinelStartup(
+        sentinels,
+        service_name,
+        sentinel_kwargs=sentinel_kwargs,
+        kwargs=kwargs,
+        runtime_policy=runtime_policy,
+        hooks=hooks,
+        aio=True,
     )
-    sentinel_settings, user_sentinel_retry = _sentinel_settings(sentinel_kwargs, kwargs, aio=True)
-    master_options = _master_options(kwargs, AsyncSentinelConnection)
-    defaults = _driver_defaults(redis.asyncio.connection)
-
-    async def attempt_once(attempt: Attempt) -> Any:
-        token = in_loop()
-        try:
-            sentinel = sentinel_class(sentinels, sentinel_kwargs=sentinel_settings, **kwargs)
-            client: Any = sentinel.master_for(service_name, **master_options)
-            try:
-                probes = _sentinel_probes(
-                    sentinel, attempt, defaults, user_sentinel_retry, aio=True
-                )
-                probes.append(
-                    _PoolProbe(
-                        client.connection_pool,
-                        attempt,
-                        defaults,
-                        _no_retry(asyncio=True) if user_retry else None,
-                    )
-                )
-                await client.ping()
-            except BaseException:
-                await _aclose(client)
-                for sentinel_client in sentinel.sentinels:
-                    await _aclose(sentinel_client)
-                raise
-        finally:
-            leave_loop(token)
-        for probe in probes:
-            if probe.restore():
-                await _adrop_connections(probe.pool)
-        return client
-
-    master: redis.asyncio.Redis = await _startup_retrier(policy, target, hooks, secrets).acall(
-        attempt_once
-    )
+    master: redis.asyncio.Redis = await startup.retrier(policy, hooks).acall(startup.aattempt)
     return master

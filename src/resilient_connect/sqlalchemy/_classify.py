@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy
 
-from .._classify import Verdict, os_error_verdict
+from .._classify import Verdict, driver_verdict, os_error_verdict
 
 
 def classify(exc: BaseException) -> Verdict:
@@ -61,11 +61,10 @@ def _classify_dbapi_error(exc: sqlalchemy.exc.DBAPIError) -> Verdict:
 
 
 def _classify_driver_error(exc: BaseException) -> Verdict:
+    driver = driver_verdict(exc)  # psycopg errors by the psycopg adapter's rules
+    if driver is not None:
+        return driver
     package = type(exc).__module__.partition(".")[0]
-    if package == "psycopg":
-        from .. import psycopg as psycopg_adapter
-
-        return psycopg_adapter.classify(exc)
     if package in {"sqlite3", "_sqlite3"}:
         return _classify_sqlite(exc)
     network = os_error_verdict(exc)  # TimeoutError and ConnectionError included

@@ -31,6 +31,9 @@ DEFAULT_RECONNECT = Backoff(initial=0.1, multiplier=2.0, maximum=1.0, timeout=15
 
 _SELECT_ONE: sqlalchemy.Select[Any] = sqlalchemy.select(sqlalchemy.literal_column("1"))
 _PLAIN_DIALECTS = frozenset({"sqlite"})
+# Seconds a start-up round trip may run past the deadline, so that a connect cut off at
+# the deadline reports itself first (at worst this much late).
+_CUT_GRACE = 0.05
 
 
 def create_engine(
@@ -73,33 +76,12 @@ def create_engine(
     parsed = sqlalchemy.make_url(url)
     if parsed.get_backend_name() in _PLAIN_DIALECTS:
         return sqlalchemy.create_engine(url, **kwargs)
-    healer, target, secrets = _healer(parsed, reconnect, hooks, kwargs, is_async=False)
-    wrapped = healer.wrap_creators(kwargs) if healer is not None else False
-    engine = sqlalchemy.create_engine(url, **kwargs)
-    if healer is not None:
-        healer.install(engine, listen=not wrapped)
+    startup = _Startup(parsed, reconnect, hooks, kwargs, is_async=False)
+    engine = startup.installed(sqlalchemy.create_engine(url, **kwargs))
     if lazy:
         return engine
-    retrier = Retrier(
-        policy=DEFAULT_STARTUP if retry is None else retry,
-        classify=classify,
-        target=target,
-        hooks=hooks,
-        secrets=secrets,
-    )
-
-    def probe(attempt: Attempt) -> None:
-        if healer is not None:
-            healer.startup = attempt
-        try:
-            with engine.connect() as connection:
-                connection.execute(_SELECT_ONE)
-        finally:
-            if healer is not None:
-                healer.startup = None
-
     try:
-        retrier.call(probe)
+        startup.retrier(retry, hooks).call(lambda attempt: startup.attempt(engine, attempt))
     except BaseException:
         engine.dispose()
         raise
@@ -126,49 +108,98 @@ async def create_async_engine(
     """
     from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
 
-    from .._bounded import await_within
-
     parsed = sqlalchemy.make_url(url)
     if parsed.get_backend_name() in _PLAIN_DIALECTS:
         return sa_create_async_engine(url, **kwargs)
-    healer, target, secrets = _healer(parsed, reconnect, hooks, kwargs, is_async=True)
-    wrapped = healer.wrap_creators(kwargs) if healer is not None else False
+    startup = _Startup(parsed, reconnect, hooks, kwargs, is_async=True)
     engine = sa_create_async_engine(url, **kwargs)
-    if healer is not None:
-        healer.install(engine.sync_engine, listen=not wrapped)
+    startup.installed(engine.sync_engine)
     if lazy:
         return engine
-    retrier = Retrier(
-        policy=DEFAULT_STARTUP if retry is None else retry,
-        classify=classify,
-        target=target,
-        hooks=hooks,
-        secrets=secrets,
-    )
-
-    async def round_trip() -> None:
-        async with engine.connect() as connection:
-            await connection.execute(_SELECT_ONE)
-
-    async def probe(attempt: Attempt) -> None:
-        if healer is not None:
-            healer.startup = attempt
-        try:
-            limit = attempt.remaining()
-            if limit is None:
-                await round_trip()
-            else:
-                await await_within(round_trip(), limit, timeout_error=_no_answer)
-        finally:
-            if healer is not None:
-                healer.startup = None
-
     try:
-        await retrier.acall(probe)
+        await startup.retrier(retry, hooks).acall(lambda attempt: startup.aattempt(engine, attempt))
     except BaseException:
         await engine.dispose()
         raise
     return engine
+
+
+class _Startup:
+    """One engine's start-up, prepared once and I/O-free: target, secrets, the healer.
+
+    Built before SQLAlchemy's engine (it wraps a caller's ``creator`` in the
+    keyword arguments and defaults ``pool_pre_ping``); :meth:`attempt` and
+    :meth:`aattempt` make one start-up attempt: a connection and ``SELECT 1``,
+    cut off at the deadline as a whole (the dialect's first-connect queries
+    and the ``SELECT 1`` have no timeout of their own). The start-up loop owns
+    its retries: the healer inside each attempt makes a single connect.
+    """
+
+    __slots__ = ("healer", "secrets", "target", "wrapped")
+
+    def __init__(
+        self,
+        url: URL,
+        reconnect: Backoff | None,
+        hooks: Sequence[Hook] | None,
+        kwargs: dict[str, Any],
+        *,
+        is_async: bool,
+    ) -> None:
+        self.healer, self.target, self.secrets = _healer(
+            url, reconnect, hooks, kwargs, is_async=is_async
+        )
+        self.wrapped = self.healer.wrap_creators(kwargs) if self.healer is not None else False
+
+    def installed(self, engine: Engine) -> Engine:
+        """Hook the healer into ``engine`` (the sync one: ``AsyncEngine.sync_engine``)."""
+        if self.healer is not None:
+            self.healer.install(engine, listen=not self.wrapped)
+        return engine
+
+    def retrier(self, policy: Backoff | None, hooks: Sequence[Hook] | None) -> Retrier:
+        return Retrier(
+            policy=DEFAULT_STARTUP if policy is None else policy,
+            classify=classify,
+            target=self.target,
+            hooks=hooks,
+            secrets=self.secrets,
+            owns_retries=True,
+        )
+
+    def attempt(self, engine: Engine, attempt: Attempt) -> None:
+        def round_trip() -> None:
+            with engine.connect() as connection:
+                connection.execute(_SELECT_ONE)
+
+        left = attempt.remaining()
+        if left is None:
+            round_trip()
+            return
+        from .._bounded import call_within
+
+        # A helper thread (it carries the attempt in scope): the connect is bounded, but a
+        # server or pgbouncer that accepts and then holds the queries would hold us too.
+        # The grace lets a connect cut off at the deadline report itself, in the driver's
+        # words, rather than as this round trip's timeout.
+        call_within(left + _CUT_GRACE, round_trip, timeout_error=_no_answer, discard=_nothing)
+
+    async def aattempt(self, engine: AsyncEngine, attempt: Attempt) -> None:
+        async def round_trip() -> None:
+            async with engine.connect() as connection:
+                await connection.execute(_SELECT_ONE)
+
+        left = attempt.remaining()
+        if left is None:
+            await round_trip()
+            return
+        from .._bounded import await_within
+
+        await await_within(round_trip(), left + _CUT_GRACE, timeout_error=_no_answer)
+
+
+def _nothing(_late: object) -> None:
+    """A round trip that ends after the deadline has closed its connection itself."""
 
 
 def _healer(
@@ -205,4 +236,7 @@ def _healer(
 
 
 def _no_answer(seconds: float) -> TimeoutError:
-    return TimeoutError(f"no answer to SELECT 1 within {seconds:.2f}s (time left under the policy)")
+    return TimeoutError(
+        f"no answer from the database within {seconds:.2f}s (connect, the dialect's "
+        "first queries and SELECT 1; the time left under the policy)"
+    )

@@ -23,23 +23,21 @@ sync psycopg (the psycopg adapter's helper) and by cancellation for asyncio.
 
 The pool itself (queueing, overflow, pre-ping, invalidation) is SQLAlchemy's,
 untouched. Errors the policy gives up on, and permanent ones, leave the
-listener as the driver raised them, so SQLAlchemy wraps them into its own
+listener as the driver raised them (the engine's ``reraise`` mode, with a note
+saying why we gave up), so SQLAlchemy wraps them into its own
 ``OperationalError`` exactly as a plain engine would.
 
-While :func:`resilient_connect.sqlalchemy.create_engine` waits for the
-database at start-up, its own loop owns the retrying: each of its attempts
-puts the :class:`~resilient_connect._engine.Attempt` in :attr:`Healer.startup`
-and the listener then makes one connect, bounded by that attempt, instead of a
-nested retry loop.
+Nesting is the engine's: while :func:`resilient_connect.sqlalchemy.create_engine`
+waits for the database at start-up, its loop owns the retries, so the
+listener makes one connect, bounded by the start-up attempt; inside an
+application's own retrying call, it retries until that call's deadline.
 """
 
 from __future__ import annotations
 
-import math
-
 from .._bounded import await_within
 from .._engine import Retrier
-from .._errors import RetryExhausted
+from .._libpq import connect_timeout, host_count, worst_case
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -60,16 +58,11 @@ if TYPE_CHECKING:
 #: Longest single connect attempt when the caller set no connect timeout, in seconds.
 #: psycopg's own default is 130 s: one blackholed attempt would eat a whole policy.
 DEFAULT_ATTEMPT_TIMEOUT = 10.0
-#: libpq and psycopg never wait less than 2 s for a connect, whatever ``connect_timeout`` says.
-LIBPQ_MIN_CONNECT_TIMEOUT = 2
 
 # (dialect name, driver) -> the connect argument that bounds one connect attempt.
 # libpq-style drivers take whole seconds (at least 2); asyncpg takes a float.
 _WHOLE_SECONDS = "connect_timeout"
 _FLOAT_SECONDS = "timeout"
-# Sync drivers whose blocking connect we wait for on a helper thread, so that the deadline
-# holds below libpq's 2 s minimum, across several hosts and during DNS lookups.
-_THREAD_BOUND = frozenset({("postgresql", "psycopg")})
 _TIMEOUT_PARAMS = {
     ("postgresql", "psycopg"): _WHOLE_SECONDS,
     ("postgresql", "psycopg_async"): _WHOLE_SECONDS,
@@ -79,21 +72,9 @@ _TIMEOUT_PARAMS = {
 
 
 class Healer:
-    """Retries the new connections of one engine's pool; see the module docstring.
+    """Retries the new connections of one engine's pool; see the module docstring."""
 
-    Attributes:
-        startup: the start-up loop's current attempt while ``create_engine``
-            waits, else ``None``. Only set before the engine is handed out.
-    """
-
-    __slots__ = (
-        "_async",
-        "_dialect",
-        "_retrier",
-        "_thread_bound",
-        "_timeout_param",
-        "startup",
-    )
+    __slots__ = ("_async", "_dialect", "_retrier", "_timeout_param")
 
     def __init__(
         self,
@@ -114,11 +95,10 @@ class Healer:
             secrets=secrets,
             # Inside SQLAlchemy's greenlet an asyncio engine must not block the loop.
             sleep=_greenlet_sleep if is_async else None,
+            reraise=True,
         )
         self._timeout_param: str | None = None
         self._dialect: Dialect | None = None
-        self._thread_bound = False
-        self.startup: Attempt | None = None
 
     # ------------------------------------------------------------------ installation
     def wrap_creators(self, kwargs: MutableMapping[str, Any]) -> bool:
@@ -144,7 +124,6 @@ class Healer:
         dialect = engine.dialect
         self._dialect = dialect
         self._timeout_param = _TIMEOUT_PARAMS.get((dialect.name, dialect.driver))
-        self._thread_bound = not self._async and (dialect.name, dialect.driver) in _THREAD_BOUND
         if not listen:
             return
 
@@ -159,14 +138,14 @@ class Healer:
         event.listen(engine, "do_connect", heal_connect)
 
     # ------------------------------------------------------------------ the retrying
-    def run(self, attempt_fn: Callable[[Attempt], T]) -> T:
-        """One bounded attempt during start-up, else ``attempt_fn`` under the reconnect policy."""
-        if self.startup is not None:
-            return attempt_fn(self.startup)
-        try:
-            return self._retrier.call(attempt_fn)
-        except RetryExhausted as gave_up:
-            raise _last_error(gave_up) from None
+    def run(self, connect: Callable[[Attempt], DBAPIConnection]) -> DBAPIConnection:
+        """``connect(attempt)`` (a caller's creator) under the reconnect policy.
+
+        We do not know the creator's timeouts, so each attempt is cut off at the
+        deadline. Giving up raises the driver's last error (with a note), for
+        SQLAlchemy to wrap.
+        """
+        return self._retrier.call(lambda attempt: self._cut(lambda: connect(attempt), attempt))
 
     def _do_connect(
         self,
@@ -186,30 +165,56 @@ class Healer:
                 made: DBAPIConnection | None = fn(dialect, record, args, params)
                 if made is not None:
                     return made
-            self._bound_connect_params(params, attempt)
+            worst = self._bound_connect_params(params, attempt)
+            if not attempt.driver_can_bound(worst):
+                # Cut it off at the deadline ourselves: below libpq's 2 s minimum, across
+                # several hosts, during DNS lookups, or a driver whose timeout we don't know.
+                return self._cut(lambda: dialect.connect(*args, **params), attempt)
             return dialect.connect(*args, **params)
 
-        if self._async:
-            return self.run(lambda attempt: self._hard_bound(connect_once, attempt))
-        if self._thread_bound:
-            return self.run(lambda attempt: _thread_bound(connect_once, attempt))
-        return self.run(connect_once)
+        return self._retrier.call(connect_once)
 
-    def _bound_connect_params(self, params: dict[str, Any], attempt: Attempt) -> None:
-        """Cap the driver's connect timeout by the caller's value and the time left."""
+    def _bound_connect_params(self, params: dict[str, Any], attempt: Attempt) -> float | None:
+        """Cap the driver's connect timeout (the one rule of :meth:`Attempt.share`).
+
+        Returns the most the driver may take in this attempt with that timeout,
+        or ``None`` when we cannot tell (a driver whose timeout we do not know).
+        """
         name = self._timeout_param
         if name is None:
-            return
-        bound = attempt.bound(_caller_timeout(params.get(name)))
-        if bound is None:
-            return
+            return None
+        hosts = host_count(params.get("host"))
+        share = attempt.share(_caller_timeout(params.get(name)), hosts=hosts)
+        if share is None:
+            return None
         if name == _WHOLE_SECONDS:
-            # Round down so the attempt ends before the deadline. libpq raises anything
-            # below 2 s to 2 s (and counts it per host): _thread_bound and _hard_bound
-            # cut such an attempt off at the deadline.
-            params[name] = max(LIBPQ_MIN_CONNECT_TIMEOUT, math.floor(bound))
-        else:
-            params[name] = bound
+            timeout = connect_timeout(share)
+            params[name] = timeout
+            return worst_case(timeout, hosts)
+        params[name] = share
+        return share * hosts
+
+    def _cut(self, connect: Callable[[], DBAPIConnection], attempt: Attempt) -> DBAPIConnection:
+        """Run ``connect`` so that it ends at the deadline: a helper thread, or a greenlet.
+
+        The abandoned thread ends by itself within the (bounded) connect timeout
+        and closes a connection that arrives too late; the caller gets a timeout
+        error of the driver's own kind at the deadline (:func:`attempt_timeout`).
+        """
+        if self._async:
+            return self._hard_bound(lambda _attempt: connect(), attempt)
+        limit = attempt.remaining()
+        if limit is None:
+            return connect()
+        from .._bounded import call_within
+
+        dialect = self._dialect
+        return call_within(
+            limit,
+            connect,
+            timeout_error=lambda seconds: attempt_timeout(dialect, seconds),
+            discard=lambda late: late.close(),
+        )
 
     def _hard_bound(
         self, connect: Callable[[Attempt], DBAPIConnection], attempt: Attempt
@@ -242,8 +247,6 @@ class Healer:
             def connect_once(_attempt: Attempt) -> DBAPIConnection:
                 return creator(connection_record) if takes_record else creator()
 
-            if self._async:
-                return self.run(lambda attempt: self._hard_bound(connect_once, attempt))
             return self.run(connect_once)
 
         return retrying_creator
@@ -258,6 +261,7 @@ class Healer:
             target=self._retrier.target,
             hooks=self._retrier.hooks,
             secrets=self._retrier.secrets,
+            reraise=True,
         )
 
         async def connect_once(attempt: Attempt) -> T:
@@ -272,37 +276,9 @@ class Healer:
             )
 
         async def retrying_async_creator() -> T:
-            if self.startup is not None:
-                return await connect_once(self.startup)
-            try:
-                return await retrier.acall(connect_once)
-            except RetryExhausted as gave_up:
-                raise _last_error(gave_up) from None
+            return await retrier.acall(connect_once)
 
         return retrying_async_creator
-
-
-def _thread_bound(
-    connect: Callable[[Attempt], DBAPIConnection], attempt: Attempt
-) -> DBAPIConnection:
-    """Run the blocking ``connect`` on a helper thread; give up on it when time is up.
-
-    The psycopg adapter's helper: the abandoned thread ends by itself within the
-    (bounded) connect timeout and closes a connection that arrives too late; the
-    waiting thread gets psycopg's ``ConnectionTimeout`` at the deadline.
-    """
-    limit = attempt.remaining()
-    if limit is None:
-        return connect(attempt)
-    from .._bounded import call_within
-    from ..psycopg._connect import deadline_timeout
-
-    return call_within(
-        limit,
-        lambda: connect(attempt),
-        timeout_error=deadline_timeout,
-        discard=lambda late: late.close(),
-    )
 
 
 def _greenlet_sleep(seconds: float) -> None:
@@ -325,19 +301,19 @@ def _await(awaitable: Awaitable[T]) -> T:
 def attempt_timeout(dialect: Dialect | None, seconds: float) -> Exception:
     """The error for a connect attempt we cut short: the driver's own kind where we know it.
 
-    psycopg gets its ``ConnectionTimeout`` with psycopg's own message; other
-    drivers get their DBAPI ``OperationalError``; without a dialect, a
-    :class:`TimeoutError`. SQLAlchemy wraps the DBAPI ones into
-    ``sqlalchemy.exc.OperationalError``, as it does for the driver's own timeouts.
+    psycopg gets its ``ConnectionTimeout`` (``connection timeout expired: ...``,
+    judged as psycopg's own timeouts are); other drivers get their DBAPI
+    ``OperationalError``; without a dialect, a :class:`TimeoutError`. SQLAlchemy
+    wraps the DBAPI ones into ``sqlalchemy.exc.OperationalError``, as it does
+    for the driver's own timeouts.
     """
     text = f"connection attempt cut short after {seconds:.2f}s (time left under the policy)"
     if dialect is None:
         return TimeoutError(text)
-    if dialect.driver in {"psycopg", "psycopg_async"}:
-        from ..psycopg._connect import deadline_timeout
-
-        return deadline_timeout(seconds)
     dbapi = dialect.loaded_dbapi
+    timeout_type = getattr(getattr(dbapi, "errors", None), "ConnectionTimeout", None)
+    if isinstance(timeout_type, type) and issubclass(timeout_type, Exception):
+        return timeout_type(f"connection timeout expired: {text}")
     error_type = getattr(dbapi, "OperationalError", None)
     if isinstance(error_type, type) and issubclass(error_type, Exception):
         return error_type(text)
@@ -376,21 +352,3 @@ def _takes_connection_record(creator: Callable[..., object]) -> bool:
         return True
     required = [p for p in positional if p.default is p.empty]
     return len(required) == 1 and len(positional) == 1
-
-
-def _last_error(gave_up: RetryExhausted) -> BaseException:
-    """The error to raise when reconnecting gave up: the driver's last one, with a note.
-
-    Raising the driver's own error lets SQLAlchemy wrap it as it always does
-    (``sqlalchemy.exc.OperationalError``), so code written for a plain engine
-    keeps working; the ``GaveUp`` event has already been logged.
-    """
-    last = gave_up.last_exception
-    add_note = getattr(last, "add_note", None)  # Python 3.11+
-    if add_note is not None:
-        plural = "attempt" if gave_up.attempts == 1 else "attempts"
-        add_note(
-            f"resilient_connect: gave up reconnecting to {gave_up.target} after "
-            f"{gave_up.attempts} {plural} in {gave_up.elapsed:.2f}s"
-        )
-    return last
