@@ -39,6 +39,16 @@ def later(action: Callable[[], object], after: float) -> Iterator[None]:
         timer.join()
 
 
+def _poll(condition: Callable[[], bool], timeout: float) -> bool:
+    """Whether ``condition()`` becomes true within ``timeout`` seconds (checked every 50 ms)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def _select_one(pool: psycopg_pool.ConnectionPool[Any], timeout: float = 10.0) -> Any:
     with pool.connection(timeout=timeout) as conn:
         row = conn.execute("SELECT 1").fetchone()
@@ -231,3 +241,67 @@ async def test_async_permanent_error_fails_at_once(postgres: PostgresServer) -> 
     with pytest.raises(psycopg.OperationalError):
         await acreate_pool(postgres.conninfo_for(password="wrong"), policy=FAST, hooks=())
     assert time.monotonic() - start < 2.0
+
+
+def test_pool_that_cannot_fill_in_time_is_closed(
+    make_postgres: Callable[..., PostgresServer],
+) -> None:
+    """The probe connects, but min_size is more than the server's free slots: PoolTimeout
+    within the policy's deadline, and no reconnect loop keeps running."""
+    server = make_postgres(extra_conf={"max_connections": 4, "superuser_reserved_connections": 1})
+    start = time.monotonic()
+    with pytest.raises(psycopg_pool.PoolTimeout):
+        create_pool(
+            server.conninfo,
+            policy=Backoff(initial=0.05, maximum=0.2, timeout=1.5),
+            reconnect=RECONNECT,
+            hooks=(),
+            min_size=5,
+            max_size=5,
+        )
+    assert time.monotonic() - start < 8.0
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"conninfo": lambda: "dbname=x"}, "conninfo as a string"),
+        ({"kwargs": dict}, "kwargs= as a dict"),
+    ],
+)
+def test_unsupported_arguments_are_refused(arguments: dict[str, Any], message: str) -> None:
+    """Callable conninfo / kwargs (which psycopg_pool accepts) are refused with a clear error."""
+    with pytest.raises(TypeError, match=message):
+        create_pool(**arguments)
+
+
+async def test_async_slot_given_up_is_rearmed_and_user_callback_awaited(
+    make_postgres: Callable[..., PostgresServer],
+) -> None:
+    """acreate_pool: a coroutine reconnect_failed is awaited, and the dropped slot re-armed."""
+    server = make_postgres()
+    failed = asyncio.Event()
+
+    async def on_failed(pool: object) -> None:
+        failed.set()
+
+    pool = await acreate_pool(
+        server.conninfo,
+        policy=FAST,
+        reconnect=Backoff(attempts=1),
+        hooks=(),
+        min_size=1,
+        max_size=1,
+        reconnect_timeout=0.3,
+        reconnect_failed=on_failed,
+    )
+    try:
+        await asyncio.to_thread(server.stop)
+        await pool.check()
+        await asyncio.wait_for(failed.wait(), 10.0)
+        await asyncio.to_thread(server.start)
+        # No checkout (which would grow the pool anyway): the re-armed slot refills by itself.
+        refilled = await asyncio.to_thread(_poll, lambda: pool.get_stats()["pool_size"] >= 1, 15.0)
+        assert refilled
+    finally:
+        await pool.close()
