@@ -26,6 +26,7 @@ from harness import (
     find_redis_server,
 )
 from harness import free_port as _free_port
+from harness.pgbouncer import PgBouncer, find_pgbouncer
 
 
 def _sigterm_as_interrupt(signum: int, frame: types.FrameType | None) -> None:
@@ -169,6 +170,26 @@ def make_redis_sentinel() -> Iterator[Callable[..., RedisSentinel]]:
         if start:
             sentinel.start()
         return sentinel
+
+    try:
+        yield factory
+    finally:
+        teardown.run()
+
+
+@pytest.fixture
+def make_pgbouncer() -> Iterator[Callable[..., PgBouncer]]:
+    """Factory for pgbouncers in front of a server: ``make_pgbouncer(upstream, start=True,
+    **PgBouncer kwargs)`` (SCRAM auth, admin console, fast ``server_login_retry``)."""
+    _require(find_pgbouncer)
+    teardown = _Teardown()
+
+    def factory(upstream: PostgresServer, *, start: bool = True, **kwargs: Any) -> PgBouncer:
+        bouncer = PgBouncer(upstream, **kwargs)
+        teardown.add(bouncer.cleanup)
+        if start:
+            bouncer.start()
+        return bouncer
 
     try:
         yield factory

@@ -50,6 +50,7 @@ __all__ = [
     "PostgresServer",
     "find_pg_bindir",
     "kv_quote",
+    "require_locale",
 ]
 
 #: The app role's default password: a space, a quote, ``@``, ``:``, ``/`` and ``%`` catch
@@ -92,6 +93,27 @@ def find_pg_bindir() -> Path:
         "PostgreSQL server binaries (initdb, postgres) not found in $PG_BINDIR, "
         f"/usr/lib/postgresql/*/bin or PATH: {_INSTALL_HINT}"
     )
+
+
+def require_locale(name: str) -> str:
+    """Return *name* if the system has that locale (``locale -a``), else raise HarnessError.
+
+    PostgreSQL silently keeps English messages for a locale it cannot set, which would make a
+    "localised server" test pass without testing anything.
+    """
+    result = subprocess.run(
+        ["locale", "-a"], capture_output=True, text=True, check=False, timeout=30
+    )
+
+    def normal(locale_name: str) -> str:
+        return locale_name.lower().replace("-", "")
+
+    if normal(name) not in {normal(line.strip()) for line in result.stdout.splitlines()}:
+        raise HarnessError(
+            f"locale {name!r} is not installed (locale -a): run .ci/install-servers as root, "
+            "which installs the 'locales' package and generates de_DE.UTF-8 and fr_FR.UTF-8"
+        )
+    return name
 
 
 def kv_quote(value: str) -> str:
@@ -144,10 +166,11 @@ class _RunAs:
         self.chown(path)
 
 
-def _server_env() -> dict[str, str]:
+def _server_env(process_locale: str = "C") -> dict[str, str]:
     """A minimal environment: no PG* variables from the caller can redirect the server."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
-    env.update(LC_ALL="C", LANG="C")
+    env.update(LC_ALL=process_locale, LANG=process_locale)
+    env.pop("LANGUAGE", None)  # would override lc_messages in gettext
     return env
 
 
@@ -247,6 +270,13 @@ class PostgresServer:
     ``extra_conf`` is a mutable mapping of postgresql.conf settings, written at every start:
     change it and ``restart()`` to reconfigure. ``port``, ``listen_addresses`` and
     ``unix_socket_directories`` belong to the harness and are refused.
+
+    ``lc_messages="de_DE.UTF-8"`` (or ``fr_FR.UTF-8``...) makes the server send its messages in
+    that language; the locale must be installed (``.ci/install-servers`` generates German and
+    French), else :class:`HarnessError` says so. ``process_locale`` is the postmaster's
+    ``LC_ALL``: it decides the character set of the errors sent before a database is chosen
+    (connect-time errors). ``"C"`` (the default) makes gettext transliterate translations to
+    ASCII (``f?r``, ``>>app<<``); ``"C.UTF-8"`` keeps them as UTF-8.
     """
 
     def __init__(
@@ -260,6 +290,8 @@ class PostgresServer:
         base_dir: Path | None = None,
         template: bool = True,
         host: str = "127.0.0.1",
+        lc_messages: str | None = None,
+        process_locale: str = "C",
     ) -> None:
         self._host = check_loopback(host)
         self._auto_port = port is None
@@ -270,6 +302,11 @@ class PostgresServer:
         self.extra_conf: dict[str, str] = {}
         for name, value in (extra_conf or {}).items():
             self.set_conf(name, value)
+        if lc_messages is not None:
+            self.set_conf("lc_messages", require_locale(lc_messages))
+        self._process_locale = (
+            process_locale if process_locale == "C" else require_locale(process_locale)
+        )
         self._base_arg = base_dir
         self._use_template = template
         self._run_as = _RunAs.detect()
@@ -548,7 +585,7 @@ class PostgresServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.base_dir,
-                env=_server_env(),
+                env=_server_env(self._process_locale),
                 # Own session: Ctrl-C in the terminal must not shut servers down behind
                 # pytest's back, and killpg can reach the backends.
                 start_new_session=True,

@@ -27,7 +27,13 @@ from resilient_connect.psycopg import (
     is_transient,
 )
 from resilient_connect.psycopg._connect import _Call, _target, _user_timeout
-from resilient_connect.psycopg._rules import RULES, UNKNOWN, rules_markdown
+from resilient_connect.psycopg._rules import (
+    PGBOUNCER_RULES,
+    POSTGRES_RULES,
+    RULES,
+    UNKNOWN,
+    rules_markdown,
+)
 from resilient_connect.testing import instant_waits
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "psycopg.md"
@@ -170,7 +176,9 @@ CASES: list[tuple[BaseException, str]] = [
     (pg_errors.CrashShutdown("terminating connection because of crash"), "pg:crash-shutdown"),
     (pg_errors.lookup("57P05")("idle"), "pg:session-timeout"),
     (pg_errors.lookup("25P03")("idle in transaction"), "pg:session-timeout"),
-    (pg_errors.lookup("57P03")("das Datenbanksystem fährt herunter"), "pg:starting-up"),
+    # the server's translation names the rule; a text no catalogue has: the code's first rule
+    (pg_errors.lookup("57P03")("das Datenbanksystem fährt herunter"), "pg:shutting-down"),
+    (pg_errors.lookup("57P03")("a wording no catalogue has"), "pg:starting-up"),
     (pg_errors.lookup("57P03")("the database system is shutting down"), "pg:shutting-down"),
     (pg_errors.lookup("53300")("zu viele Verbindungen"), "pg:too-many-connections"),
     (pg_errors.lookup("53200")("out of memory"), "pg:out-of-resources"),
@@ -185,12 +193,63 @@ CASES: list[tuple[BaseException, str]] = [
         pg_errors.lookup("25006")("cannot execute INSERT in a read-only transaction"),
         "pg:sqlstate-25006",
     ),
-    # what no rule knows
+    # localised servers (lc_messages), as a server with a UTF-8 or an ASCII (C) locale sends them
     (
         op(AT + "FATAL:  Passwort-Authentifizierung für Benutzer »app« fehlgeschlagen"),
-        "pg:unknown",
+        "pg:auth-failed",
     ),
-    (op(AT + "FATAL:  das Datenbanksystem fährt herunter"), "pg:unknown"),
+    (
+        op(AT + "FATAL:  Passwort-Authentifizierung f?r Benutzer >>app<< fehlgeschlagen"),
+        "pg:auth-failed",
+    ),
+    (op(AT + "FATAL:  Datenbank >>nosuchdb<< existiert nicht"), "pg:database-missing"),
+    (
+        op(AT + "FATAL:  la base de donn?es << nosuchdb >> n'existe pas"),
+        "pg:database-missing",
+    ),
+    (
+        op(AT + "FATAL:  authentification par mot de passe échouée pour l'utilisateur  « app »"),
+        "pg:auth-failed",
+    ),
+    (op(AT + "FATAL:  das Datenbanksystem fährt herunter"), "pg:shutting-down"),
+    (
+        op(AT + "FATAL:  le système de bases de données n'accepte pas de connexions"),
+        "pg:standby",
+    ),
+    (op(AT + 'FATAL:  データベース"nosuchdb"は存在しません'), "pg:database-missing"),
+    # pgbouncer's own texts: no SQLSTATE through libpq, 08P01 through asyncpg (1.18)
+    (op(AT + "FATAL:  SASL authentication failed"), "pgbouncer:auth-failed"),
+    (pg_errors.lookup("08P01")("SASL authentication failed"), "pgbouncer:auth-failed"),
+    (op(AT + "FATAL:  no such database: nosuchdb"), "pgbouncer:no-such-database"),
+    (pg_errors.lookup("08P01")("no such database: nosuchdb"), "pgbouncer:no-such-database"),
+    (
+        op(AT + "FATAL:  unsupported startup parameter: search_path"),
+        "pgbouncer:startup-refused",
+    ),
+    (
+        pg_errors.lookup("08P01")(
+            "server login has been failing, try again later (server_login_retry)"
+        ),
+        "pgbouncer:server-login-retry",
+    ),
+    (op(AT + "FATAL:  client_login_timeout (server down)"), "pgbouncer:server-login-retry"),
+    (
+        op(AT + "FATAL:  no more connections allowed (max_client_conn)"),
+        "pgbouncer:pool-full",
+    ),
+    (pg_errors.lookup("08P01")("query_wait_timeout"), "pgbouncer:pool-full"),
+    (op(AT + "FATAL:  pooler is shutting down"), "pgbouncer:shutting-down"),
+    (pg_errors.lookup("08P01")("database removed"), "pgbouncer:shutting-down"),
+    (pg_errors.lookup("08P01")("client_idle_timeout"), "pgbouncer:client-timeout"),
+    # pgbouncer passes the server's login errors on with 08P01: the text decides
+    (
+        pg_errors.lookup("08P01")('database "nosuchdb" does not exist'),
+        "pg:database-missing",
+    ),
+    (pg_errors.lookup("08P01")("the database system is starting up"), "pg:starting-up"),
+    # what no rule knows
+    (op(AT + "FATAL:  Ein Text, den kein Katalog kennt"), "pg:unknown"),
+    (op(AT + "FATAL:  ?????? ?? ??????"), "pg:unknown"),
     (
         psycopg.ProgrammingError("the query has 1 placeholder but 2 parameters were passed"),
         "pg:client-error",
@@ -221,10 +280,12 @@ def test_every_rule_has_a_sample() -> None:
 
 
 def test_rule_names_are_unique_and_namespaced() -> None:
-    """Rule names are unique, start with pg: and use only lower case and dashes."""
+    """Rule names are unique, start with pg: (pgbouncer: for pgbouncer's), lower case and dashes."""
     names = [r.name for r in RULES]
     assert len(names) == len(set(names))
-    assert all(re.fullmatch(r"pg:[a-z-]+", name) for name in names)
+    assert all(re.fullmatch(r"pg:[a-z-]+", r.name) for r in POSTGRES_RULES)
+    assert all(re.fullmatch(r"pgbouncer:[a-z-]+", r.name) for r in PGBOUNCER_RULES)
+    assert set(RULES) == {*POSTGRES_RULES, *PGBOUNCER_RULES}
 
 
 def test_phrases_do_not_cross_verdicts() -> None:
@@ -248,12 +309,16 @@ def test_phraseless_rule_matches_nothing() -> None:
     assert not matches(UNKNOWN, "the database system is starting up")
 
 
-def test_docs_table_matches_code() -> None:
-    """docs/psycopg.md shows exactly the table the code uses."""
+def _docs_table(name: str) -> str:
     text = DOCS.read_text(encoding="utf-8")
-    start = text.index("<!-- rules-table:start -->\n") + len("<!-- rules-table:start -->\n")
-    end = text.index("<!-- rules-table:end -->")
-    assert text[start:end] == rules_markdown()
+    start = text.index(f"<!-- {name}:start -->\n") + len(f"<!-- {name}:start -->\n")
+    return text[start : text.index(f"<!-- {name}:end -->")]
+
+
+def test_docs_table_matches_code() -> None:
+    """docs/psycopg.md shows exactly the tables the code uses (PostgreSQL and pgbouncer)."""
+    assert _docs_table("rules-table") == rules_markdown()
+    assert _docs_table("pgbouncer-table") == rules_markdown(PGBOUNCER_RULES, fallback=False)
 
 
 def test_real_errors_from_psycopg(free_port: int) -> None:

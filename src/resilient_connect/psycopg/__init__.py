@@ -11,7 +11,9 @@ Classification (:func:`classify`, :func:`is_transient`, the :data:`RULES`
 table) is the hard part. psycopg gives no SQLSTATE for any connection-time
 failure, so those are judged by libpq's and the server's (English) message;
 errors that carry a SQLSTATE (those raised in a session) are judged by it,
-whatever the server's language. An ``OperationalError`` no rule knows is
+whatever the server's language; the message rules know the server's own
+translations (generated from PostgreSQL's catalogues) and pgbouncer's texts.
+An ``OperationalError`` no rule knows is
 treated as transient (rule ``pg:unknown``) and retried until the deadline: it
 may be a localised server message, a proxy's wording or a reworded libpq text.
 Not retrying a not-ready state would defeat the purpose, while misjudging a
@@ -25,6 +27,11 @@ least 2 s): ``connect_timeout`` becomes the caller's or
 the async function also uses :func:`asyncio.wait_for`, and the sync one waits
 for the blocking connect on a helper thread that it abandons, and that closes
 whatever it gets late, when the deadline comes first.
+
+:func:`create_pool` and :func:`acreate_pool` return opened psycopg_pool pools
+that wait for the server the same way at start-up, and whose reconnects use
+:data:`DEFAULT_POOL_RECONNECT` (or ``reconnect=``) and this classification
+(needs ``psycopg-pool``, part of the ``psycopg`` extra).
 """
 
 from ._classify import classify, is_transient
@@ -33,15 +40,19 @@ from ._connect import (
     aconnect_with_retry,
     connect_with_retry,
 )
+from ._pool import DEFAULT_POOL_RECONNECT, acreate_pool, create_pool
 from ._rules import RULES, UNKNOWN, Rule
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_POOL_RECONNECT",
     "RULES",
     "UNKNOWN",
     "Rule",
     "aconnect_with_retry",
+    "acreate_pool",
     "classify",
     "connect_with_retry",
+    "create_pool",
     "is_transient",
 ]

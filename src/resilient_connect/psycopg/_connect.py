@@ -16,7 +16,7 @@ from ._classify import classify
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Awaitable, Callable, Sequence
     from typing import Any, NoReturn, TypeVar
 
     from psycopg import AsyncConnection, AsyncCursor, Connection, Cursor
@@ -225,23 +225,31 @@ class _Call:
         timeout = connect_timeout(share)
         return {**self.kwargs, "connect_timeout": timeout}, worst_case(timeout, self.hosts)
 
-    def attempt(self, attempt: Attempt) -> Connection[Any]:
+    def attempt(
+        self, attempt: Attempt, connect: Callable[..., Any] = psycopg.Connection.connect
+    ) -> Any:
+        """One connect with ``connect(conninfo, **kwargs)`` (a subclass's ``connect``, say)."""
         kwargs, worst = self._bounded_kwargs(attempt)
         if attempt.driver_can_bound(worst):
             # libpq's own timeout ends the attempt in time: no helper thread needed.
-            return _untangled(lambda: psycopg.Connection.connect(self.conninfo, **kwargs))
+            return _untangled(lambda: connect(self.conninfo, **kwargs))
         left = attempt.remaining()
         assert left is not None  # driver_can_bound() is true without a deadline
         return call_within(
             left,
-            lambda: psycopg.Connection.connect(self.conninfo, **kwargs),
+            lambda: connect(self.conninfo, **kwargs),
             timeout_error=deadline_timeout,
-            discard=psycopg.Connection.close,
+            discard=lambda late: late.close(),
         )
 
-    async def aattempt(self, attempt: Attempt) -> AsyncConnection[Any]:
+    async def aattempt(
+        self,
+        attempt: Attempt,
+        connect: Callable[..., Awaitable[Any]] = psycopg.AsyncConnection.connect,
+    ) -> Any:
+        """The async twin of :meth:`attempt`."""
         kwargs, worst = self._bounded_kwargs(attempt)
-        connecting = psycopg.AsyncConnection.connect(self.conninfo, **kwargs)
+        connecting = connect(self.conninfo, **kwargs)
         try:
             if attempt.driver_can_bound(worst):
                 return await connecting

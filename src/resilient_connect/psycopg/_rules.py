@@ -9,7 +9,15 @@ carry one (``AdminShutdown`` is 57P01). So each rule has two keys:
   used whenever the error carries one. This works in every server language.
 * ``phrases``: English message fragments, matched case-insensitively anywhere
   in ``str(exc)`` when the error has no SQLSTATE. ``…`` stands for any text on
-  one line (a role or database name, say).
+  one line (a role or database name, say); any run of white space matches any
+  other (translations wrap long lines).
+
+The server translates its messages (``lc_messages``), so each rule also
+matches the translations of its messages that PostgreSQL ships, from the data
+module :mod:`._messages` that ``scripts/gen_pg_messages.py`` generates from the
+server's gettext catalogues. pgbouncer's own errors (:data:`PGBOUNCER_RULES`)
+come with SQLSTATE 08P01 ("protocol violation") whatever they mean, before
+pgbouncer 1.21, so for that code the message is judged first.
 
 This module holds the data and the matching; :mod:`resilient_connect.psycopg`
 re-exports :data:`RULES` and wraps :func:`match` in the public ``classify``.
@@ -22,6 +30,7 @@ import re
 
 from .._classify import Verdict
 from .._values import value
+from ._messages import TRANSLATIONS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -276,19 +285,136 @@ RULES: tuple[Rule, ...] = (
             "SSL connection has been closed unexpectedly",
             "the connection is lost",
             "the connection is closed",
+            "connection was closed in the middle of operation",
+            "unexpected connection_lost() call",
         ),
         meaning="the connection dropped (server restarted or killed, network cut); reconnect",
     ),
 )
 """Every rule, permanent ones first; see :func:`match` for the order of evaluation."""
 
+PGBOUNCER_RULES: tuple[Rule, ...] = (
+    # pgbouncer's own texts (src/client.c, objects.c, janitor.c of pgbouncer 1.18 to 1.25).
+    # Up to 1.20 every one comes with SQLSTATE 08P01; the message decides (see by_sqlstate).
+    Rule(
+        name="pgbouncer:auth-failed",
+        transient=False,
+        sqlstates=(),
+        phrases=(
+            "SASL authentication failed",
+            '"trust" authentication failed',
+            "certificate authentication failed",
+            "PAM authentication failed",
+            "LDAP authentication failed",
+            "client selected an invalid SASL authentication mechanism",
+            "empty password returned by client",
+            "login rejected",
+            "no such user",
+        ),
+        meaning="pgbouncer refused the login: wrong password, unknown user (SCRAM says the "
+        "same for both) or an auth_hba rule",
+    ),
+    Rule(
+        name="pgbouncer:no-such-database",
+        transient=False,
+        sqlstates=(),
+        phrases=("no such database: …",),
+        meaning="pgbouncer has no [databases] entry for this name (and no * fallback)",
+    ),
+    Rule(
+        name="pgbouncer:startup-refused",
+        transient=False,
+        sqlstates=(),
+        phrases=(
+            "unsupported startup parameter",
+            "unsupported options startup parameter",
+            "no username supplied",
+            "username too long",
+            "password too long",
+            "old V2 protocol not supported",
+            "SSL required",
+            "bouncer config error",
+            "server login failed: wrong password type",
+            "server login failed: failed to verify server signature",
+            "server login failed: invalid server signature",
+            "server login failed: none of the server's SASL authentication mechanisms",
+        ),
+        meaning="pgbouncer cannot serve this client as configured (a startup parameter it "
+        "does not track, TLS required, its own server credentials)",
+    ),
+    Rule(
+        name="pgbouncer:server-login-retry",
+        transient=True,
+        sqlstates=(),
+        phrases=(
+            "server login has been failing",
+            "client_login_timeout (server down)",
+        ),
+        meaning="pgbouncer cannot log in to the server (down or restarting) and fails "
+        "clients fast until server_login_retry has passed",
+    ),
+    Rule(
+        name="pgbouncer:pool-full",
+        transient=True,
+        sqlstates=(),
+        phrases=(
+            "no more connections allowed (max_client_conn)",
+            "client connections exceeded (max_db_client_connections)",
+            "client connections exceeded (max_user_client_connections)",
+            "bouncer resources exhaustion",
+            "no memory for pool",
+            "query_wait_timeout",
+        ),
+        meaning="pgbouncer's client limit is reached, or no server connection came free "
+        "within query_wait_timeout (pool saturated or paused)",
+    ),
+    Rule(
+        name="pgbouncer:shutting-down",
+        transient=True,
+        sqlstates=(),
+        phrases=(
+            "pooler is shutting down",
+            "server shutting down",
+            "database removed",
+            "admin forced disconnect",
+            'database "…" is disabled',
+            "pause failed",
+            "suspend_timeout",
+        ),
+        meaning="pgbouncer is stopping, or an admin ran KILL / DISABLE / SUSPEND; a restart or "
+        "RESUME / ENABLE usually follows",
+    ),
+    Rule(
+        name="pgbouncer:client-timeout",
+        transient=True,
+        sqlstates=(),
+        phrases=(
+            "client_login_timeout",
+            "client_idle_timeout",
+            "query_timeout",
+            "idle transaction timeout",
+            "idle_transaction_timeout",
+        ),
+        meaning="pgbouncer closed a session that waited or idled too long; a new one will do",
+    ),
+)
+"""pgbouncer's own error texts; part of :data:`RULES` (after the PostgreSQL rules)."""
+
+POSTGRES_RULES = RULES
+"""The PostgreSQL server's and libpq's rules (the first table in the docs)."""
+RULES = (*POSTGRES_RULES, *PGBOUNCER_RULES)
+
+MESSAGE_FIRST_SQLSTATES = frozenset({"08P01"})
+"""SQLSTATEs whose message says more than the code: pgbouncer (before 1.21) sends 08P01 with
+every error of its own, and with the server's errors it passes on at login."""
+
 UNKNOWN = Rule(
     name="pg:unknown",
     transient=True,
     sqlstates=(),
     phrases=(),
-    meaning="an OperationalError no rule knows (a localised server message, say); "
-    "retried until the deadline",
+    meaning="an OperationalError no rule knows (a wording or translation the table lacks, "
+    "a proxy's own text); retried until the deadline",
 )
 """What an ``OperationalError`` without SQLSTATE that no rule matches gets."""
 
@@ -299,18 +425,30 @@ OTHER_SQLSTATE = "pg:sqlstate-"
 def _compile(phrases: Sequence[str]) -> re.Pattern[str] | None:
     if not phrases:
         return None
-    parts = (re.escape(p).replace(re.escape("…"), r"[^\n]*?") for p in phrases)
-    return re.compile("|".join(parts), re.IGNORECASE)
+    return re.compile("|".join(_pattern(p) for p in phrases), re.IGNORECASE)
 
 
-_PATTERNS: dict[str, re.Pattern[str] | None] = {r.name: _compile(r.phrases) for r in RULES}
+def _pattern(phrase: str) -> str:
+    """One phrase as a regular expression: ``…`` is any text on one line, spaces any spaces."""
+    words = (
+        r"[^\n]*?".join(re.escape(part) for part in word.split("…")) for word in phrase.split()
+    )
+    return r"\s+".join(words)
+
+
+def phrases_of(rule: Rule) -> tuple[str, ...]:
+    """``rule``'s English phrases and the translations of its messages (see :mod:`._messages`)."""
+    return (*rule.phrases, *TRANSLATIONS.get(rule.name, ()))
+
+
+_PATTERNS: dict[str, re.Pattern[str] | None] = {r.name: _compile(phrases_of(r)) for r in RULES}
 _PERMANENT = tuple(r for r in RULES if not r.transient)
 _TRANSIENT = tuple(r for r in RULES if r.transient)
 
 
 def matches(rule: Rule, message: str) -> bool:
     """Whether ``message`` contains one of ``rule``'s phrases."""
-    pattern = _PATTERNS.get(rule.name) or _compile(rule.phrases)
+    pattern = _PATTERNS.get(rule.name) or _compile(phrases_of(rule))
     return pattern is not None and pattern.search(message) is not None
 
 
@@ -318,9 +456,15 @@ def by_sqlstate(sqlstate: str, message: str) -> Rule | None:
     """The rule for an error that carries ``sqlstate``, or ``None`` if no rule covers it.
 
     Several rules may share a SQLSTATE (57P03 has five messages); the one whose
-    phrase also matches wins, else the first of them.
+    phrase also matches wins, else the first of them. For the codes in
+    :data:`MESSAGE_FIRST_SQLSTATES` a rule matching the message (see
+    :func:`by_message`) wins over the code.
     """
     code = sqlstate.upper()
+    if code in MESSAGE_FIRST_SQLSTATES:
+        by_text = by_message(message)
+        if by_text is not None:
+            return by_text
     candidates = [r for r in RULES if code in r.sqlstates or code[:2] in r.sqlstates]
     for rule in candidates:
         if matches(rule, message):
@@ -351,13 +495,45 @@ def by_message(message: str) -> Rule | None:
 _MULTIPLE = "\nMultiple connection attempts failed."
 
 
-def rules_markdown() -> str:
-    """The table as Markdown, as ``docs/psycopg.md`` shows it (a test compares the two)."""
+def judge(sqlstate: str | None, message: str, *, server_error: bool = True) -> Verdict:
+    """The verdict for a PostgreSQL error from any driver, given its SQLSTATE and its text.
+
+    An error carrying a SQLSTATE is judged by it (:func:`by_sqlstate`); a
+    SQLSTATE outside the table is permanent (``pg:sqlstate-XXXXX``: a working
+    server rejected a statement). Without one, by the message
+    (:func:`by_message`); an unmatched message is transient (``pg:unknown``)
+    when ``server_error`` (the driver's "database not reachable" class, such
+    as ``OperationalError``), else permanent (``pg:client-error``: the client
+    library refused, a bad argument say) unless a permanent rule names it.
+    """
+    if sqlstate:
+        by_code = by_sqlstate(sqlstate, message)
+        if by_code is None:
+            return Verdict(transient=False, rule=f"{OTHER_SQLSTATE}{sqlstate}")
+        return by_code.verdict
+    rule = by_message(message)
+    if not server_error:
+        if rule is not None and not rule.transient:
+            return rule.verdict
+        return CLIENT_ERROR
+    return (rule or UNKNOWN).verdict
+
+
+CLIENT_ERROR = Verdict(transient=False, rule="pg:client-error")
+"""For an error the client library raised itself that no permanent rule names."""
+
+
+def rules_markdown(rules: Sequence[Rule] = POSTGRES_RULES, *, fallback: bool = True) -> str:
+    """A table as Markdown, as ``docs/psycopg.md`` shows it (a test compares the two).
+
+    By default the PostgreSQL rules and the fallback rule; ``rules_markdown(PGBOUNCER_RULES,
+    fallback=False)`` gives the pgbouncer table.
+    """
     lines = [
         "| rule | verdict | SQLSTATE | message contains (English) | meaning |",
         "| --- | --- | --- | --- | --- |",
     ]
-    for rule in (*RULES, UNKNOWN):
+    for rule in (*rules, *((UNKNOWN,) if fallback else ())):
         verdict = "transient" if rule.transient else "**permanent**"
         codes = ", ".join(f"`{c}`" if len(c) == 5 else f"`{c}...` (class)" for c in rule.sqlstates)
         phrases = "<br>".join(f"`{p}`" for p in rule.phrases) or "(anything else)"
