@@ -330,20 +330,19 @@ def _paused_with_cached_login(make_pgbouncer: Callable[..., PgBouncer], upstream
     return bouncer
 
 
-@pytest.mark.xfail(
-    strict=True, reason="lead: bound the first-connect queries and SELECT 1 (issue 12 problem 4)"
-)
 def test_sync_engine_behind_paused_bouncer_keeps_its_deadline(
     postgres: PostgresServer, make_pgbouncer: Callable[..., PgBouncer]
 ) -> None:
     """create_engine behind a paused pgbouncer gives up at its deadline, not at
-    query_wait_timeout."""
+    query_wait_timeout: the first-connect queries and SELECT 1 are cut off too."""
     bouncer = _paused_with_cached_login(make_pgbouncer, postgres)
     start = time.monotonic()
     try:
-        with contextlib.suppress(Exception):
+        with pytest.raises(RetryExhausted) as caught:
             _sa("psycopg")(_target(bouncer), Backoff(timeout=2.0), Tally())
-        assert time.monotonic() - start < 3.0
+        assert time.monotonic() - start < 2.5
+        assert caught.value.reason == "deadline"
+        assert "no answer from the database" in caught.value.cause
     finally:
         bouncer.resume()
 
