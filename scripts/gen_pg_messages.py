@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generate ``src/resilient_connect/psycopg/_messages.py``: PostgreSQL's connect-time messages
+"""Generate ``src/resilient_connect/_postgres/_messages.py``: PostgreSQL's connect-time messages
 in every language the server ships, as data for the classification rules.
 
 Why: at connect time libpq (so psycopg and psycopg2) gives no SQLSTATE, only the server's text,
@@ -36,7 +36,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OUTPUT = ROOT / "src" / "resilient_connect" / "psycopg" / "_messages.py"
+OUTPUT = ROOT / "src" / "resilient_connect" / "_postgres" / "_messages.py"
 
 # Rule name -> the server's message ids (C format strings, as in PostgreSQL's source) that the
 # rule stands for. A message id no catalogue has is skipped (it may exist in other versions).

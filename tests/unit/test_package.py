@@ -62,3 +62,28 @@ def test_python_dash_m_runs_the_command_line(monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(SystemExit) as caught:
         runpy.run_module("resilient_connect", run_name="__main__", alter_sys=False)
     assert caught.value.code == 0
+
+
+def test_classifying_a_redis_error_loads_only_the_adapters_rules() -> None:
+    """The default classifier judges a redis error with the rule table alone: nothing of the
+    bridge, the connect functions or Sentinel, and no redis-py module the driver had not
+    loaded already."""
+    code = (
+        "import sys, json, redis.exceptions\n"
+        "from resilient_connect._classify import default_classifier\n"
+        "before = set(sys.modules)\n"
+        "rule = default_classifier(redis.exceptions.BusyLoadingError('LOADING')).rule\n"
+        "print(json.dumps([rule, sorted(set(sys.modules) - before)]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    rule, added = json.loads(result.stdout)
+    assert rule == "redis:loading"
+    assert "resilient_connect.redis._rules" in added
+    assert [m for m in added if m.startswith("redis")] == []
+    assert not {
+        "resilient_connect.redis._bridge",
+        "resilient_connect.redis._connect",
+        "resilient_connect.redis._sentinel",
+    } & set(added)

@@ -16,9 +16,9 @@ import psycopg2
 import pytest
 from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_dbapi
 
-from resilient_connect.psycopg import _messages
+from resilient_connect._postgres import _messages
+from resilient_connect._postgres._rules import RULES, by_message
 from resilient_connect.psycopg._pool import _rearm_sizes
-from resilient_connect.psycopg._rules import RULES, by_message
 from resilient_connect.sqlalchemy import classify as sa_classify
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,6 +19,13 @@ import pytest
 from resilient_connect import Backoff, NotRetried, RetryExhausted, RetryScheduled
 from resilient_connect._engine import Attempt
 from resilient_connect._events import Event
+from resilient_connect._postgres._rules import (
+    PGBOUNCER_RULES,
+    POSTGRES_RULES,
+    RULES,
+    UNKNOWN,
+    rules_markdown,
+)
 from resilient_connect.psycopg import (
     DEFAULT_CONNECT_TIMEOUT,
     aconnect_with_retry,
@@ -27,13 +34,6 @@ from resilient_connect.psycopg import (
     is_transient,
 )
 from resilient_connect.psycopg._connect import _Call, _target, _user_timeout
-from resilient_connect.psycopg._rules import (
-    PGBOUNCER_RULES,
-    POSTGRES_RULES,
-    RULES,
-    UNKNOWN,
-    rules_markdown,
-)
 from resilient_connect.testing import instant_waits
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "psycopg.md"
@@ -290,7 +290,7 @@ def test_rule_names_are_unique_and_namespaced() -> None:
 
 def test_phrases_do_not_cross_verdicts() -> None:
     """No permanent phrase occurs in a transient sample and vice versa (order cannot hide bugs)."""
-    from resilient_connect.psycopg._rules import matches
+    from resilient_connect._postgres._rules import matches
 
     for exc, rule in CASES:
         judged_by_text = isinstance(exc, psycopg.OperationalError) and not exc.sqlstate
@@ -304,7 +304,7 @@ def test_phrases_do_not_cross_verdicts() -> None:
 
 def test_phraseless_rule_matches_nothing() -> None:
     """The fallback rule has no phrases and so never matches a message by itself."""
-    from resilient_connect.psycopg._rules import matches
+    from resilient_connect._postgres._rules import matches
 
     assert not matches(UNKNOWN, "the database system is starting up")
 

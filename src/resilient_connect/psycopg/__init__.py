@@ -34,6 +34,7 @@ that wait for the server the same way at start-up, and whose reconnects use
 (needs ``psycopg-pool``, part of the ``psycopg`` extra).
 """
 
+from .._postgres._rules import RULES, UNKNOWN, Rule
 from ._classify import classify, is_transient
 from ._connect import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -41,7 +42,6 @@ from ._connect import (
     connect_with_retry,
 )
 from ._pool import DEFAULT_POOL_RECONNECT, acreate_pool, create_pool
-from ._rules import RULES, UNKNOWN, Rule
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",

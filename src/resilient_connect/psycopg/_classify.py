@@ -6,7 +6,7 @@ import psycopg
 from psycopg import errors as _pg_errors
 
 from .._classify import Verdict, os_error_verdict
-from ._rules import RULES, judge
+from .._postgres._rules import RULES, judge
 
 _RULES_BY_NAME = {rule.name: rule for rule in RULES}
 _TIMEOUT = _RULES_BY_NAME["pg:timeout"].verdict

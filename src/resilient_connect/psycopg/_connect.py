@@ -9,8 +9,8 @@ from psycopg import errors as _pg_errors
 
 from .._bounded import await_within, call_within
 from .._engine import Retrier
-from .._libpq import connect_timeout, host_count, worst_case
 from .._policy import Backoff
+from .._postgres._libpq import connect_timeout, host_count, worst_case
 from .._redact import secret_values
 from ._classify import classify
 

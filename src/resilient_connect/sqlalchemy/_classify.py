@@ -131,7 +131,7 @@ def _classify_postgres(exc: BaseException) -> Verdict:
     (a bad argument, an interface misuse) is permanent (``pg:client-error``). OS
     errors and timeouts that asyncpg lets through are handled by the caller.
     """
-    from ..psycopg._rules import judge
+    from .._postgres._rules import judge
 
     sqlstate = _sqlstate(exc)
     if sqlstate is None:

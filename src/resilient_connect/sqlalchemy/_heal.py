@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from .._bounded import await_within
 from .._engine import Retrier
-from .._libpq import connect_timeout, host_count, worst_case
+from .._postgres._libpq import connect_timeout, host_count, worst_case
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

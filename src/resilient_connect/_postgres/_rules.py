@@ -1,4 +1,4 @@
-"""The psycopg classification table: which connection errors are worth another attempt.
+"""The PostgreSQL classification table: which connection errors are worth another attempt.
 
 psycopg 3 reports every connection-time failure as a plain ``OperationalError``
 with ``sqlstate=None``, even when the server sent a FATAL with a SQLSTATE: the
@@ -19,8 +19,10 @@ server's gettext catalogues. pgbouncer's own errors (:data:`PGBOUNCER_RULES`)
 come with SQLSTATE 08P01 ("protocol violation") whatever they mean, before
 pgbouncer 1.21, so for that code the message is judged first.
 
-This module holds the data and the matching; :mod:`resilient_connect.psycopg`
-re-exports :data:`RULES` and wraps :func:`match` in the public ``classify``.
+This module holds the data and the matching, for every PostgreSQL driver:
+:mod:`resilient_connect.psycopg` re-exports :data:`RULES` and wraps
+:func:`judge` in its public ``classify``; :mod:`resilient_connect.sqlalchemy`
+judges psycopg2 and asyncpg errors with :func:`judge` too.
 The documentation renders the same table (a unit test keeps them in step).
 """
 
