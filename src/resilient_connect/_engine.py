@@ -15,9 +15,9 @@ connect timeouts, so an attempt does not run past the deadline either.
 
 from __future__ import annotations
 
-from . import _timing
+from . import _hooks, _statistics, _timing
 from ._errors import RetryExhausted
-from ._events import GaveUp, NotRetried, Recovered, RetryScheduled
+from ._events import Call, GaveUp, NotRetried, Recovered, RetryScheduled
 
 #: Seconds that must be left before the deadline for a shortened last attempt.
 LAST_CALL_MINIMUM = 0.1
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from ._events import Event, Hook
     from ._policy import Backoff, RandomSource
     from ._redact import Redactor
+    from ._statistics import RetryStatistics
     from ._timing import AsyncSleep, Clock, Sleep
 
     T = TypeVar("T")
@@ -73,7 +74,10 @@ class Retrier:
     """Everything fixed about a retrying call: policy, classifier, target, hooks, time.
 
     Built once (at decoration time for :func:`~resilient_connect.retry`), then
-    shared. ``hooks=None`` means the default logging hook; ``()`` means none.
+    shared. ``hooks=None`` means the process-wide hooks
+    (:func:`~resilient_connect.set_default_hooks`), looked up when an event is
+    emitted; ``()`` means none. ``statistics`` (a decorated function's own)
+    records every call; statistics collected in scope record too.
     ``secrets`` are extra strings to scrub from causes (a ``password=``
     keyword, say). ``reraise=True`` ends a call that gives up by raising the
     last error itself (after the ``GaveUp`` event) instead of
@@ -93,6 +97,7 @@ class Retrier:
         "policy",
         "reraise",
         "secrets",
+        "statistics",
         "target",
     )
 
@@ -109,15 +114,13 @@ class Retrier:
         asleep: AsyncSleep | None = None,
         rng: RandomSource | None = None,
         reraise: bool = False,
+        statistics: RetryStatistics | None = None,
     ) -> None:
-        if hooks is None:
-            from ._logging import log_event
-
-            hooks = (log_event,)
         self.policy = policy
         self.classify = classify
         self.target = target
-        self.hooks = tuple(hooks)
+        self.hooks = None if hooks is None else tuple(hooks)
+        self.statistics = statistics
         self.secrets = tuple(secrets)
         self.reraise = reraise
         self._clock = clock
@@ -145,9 +148,12 @@ class Retrier:
         start = clock()
         deadline = self.deadline(start)
         try:
-            return fn(Attempt(1, deadline, clock))
+            result = fn(Attempt(1, deadline, clock))
         except Exception as exc:  # noqa: BLE001 - classified in resume(); BaseException never caught
             first = exc
+        else:
+            _hooks.Successes(self).report(start, clock)
+            return result
         return self.resume(fn, start, first)
 
     def resume(
@@ -184,9 +190,12 @@ class Retrier:
         start = clock()
         deadline = self.deadline(start)
         try:
-            return await fn(Attempt(1, deadline, clock))
+            result = await fn(Attempt(1, deadline, clock))
         except Exception as exc:  # noqa: BLE001 - see call()
             first = exc
+        else:
+            _hooks.Successes(self).report(start, clock)
+            return result
         return await self.aresume(fn, start, first)
 
     async def aresume(
@@ -220,15 +229,19 @@ class _Run:
 
     __slots__ = (
         "attempt",
+        "attempt_start",
+        "call",
         "classify",
         "clock",
         "deadline",
+        "hooks",
         "last_call",
         "previous",
         "redactor",
         "retrier",
         "rng",
         "start",
+        "tallies",
     )
 
     def __init__(self, retrier: Retrier, start: float, classify: Classifier | None) -> None:
@@ -247,6 +260,11 @@ class _Run:
             rng = random
         self.rng: RandomSource = rng
         self.redactor: Redactor | None = None
+        # Resolved now, at the first failure: defaults set after decoration apply.
+        self.hooks = _hooks.resolve(retrier.hooks)
+        self.tallies = _statistics.in_scope(retrier.statistics)
+        self.call = Call() if self.hooks else None
+        self.attempt_start = start
 
     def _redactor(self) -> Redactor:
         if self.redactor is None:
@@ -255,12 +273,19 @@ class _Run:
             self.redactor = Redactor(self.retrier.target, self.retrier.secrets)
         return self.redactor
 
+    def _tally(self, exc: Exception | None, outcome: str) -> None:
+        # The wait before this attempt was completed (``previous`` is still its delay).
+        waited = self.previous if self.attempt > 1 else 0.0
+        for statistics in self.tallies:
+            statistics.record(exc, outcome, waited)
+
     def _emit(self, event: Event) -> None:
-        for hook in self.retrier.hooks:
+        for hook in self.hooks:
             hook(event)
 
     def next_attempt(self) -> Attempt:
         self.attempt += 1
+        self.attempt_start = self.clock()
         return Attempt(self.attempt, self.deadline, self.clock)
 
     def failed(self, exc: Exception) -> float:
@@ -273,8 +298,11 @@ class _Run:
         policy = retrier.policy
         verdict = self.classify(exc)
         now = self.clock()
+        duration = now - self.attempt_start
         if not verdict.transient:
-            if retrier.hooks and verdict.report:
+            if self.tallies:
+                self._tally(exc, "not_retried")
+            if self.hooks and verdict.report:
                 redactor = self._redactor()
                 event = NotRetried(
                     target=redactor.target,
@@ -282,6 +310,8 @@ class _Run:
                     elapsed=now - self.start,
                     exception=exc,
                     cause=redactor.describe(exc),
+                    duration=duration,
+                    call=self.call,
                     rule=verdict.rule,
                 )
                 self._emit(event)
@@ -302,9 +332,11 @@ class _Run:
                     delay = left / 2
                     self.last_call = True
         if reason is not None:
-            self._give_up(exc, verdict.rule, reason, now - self.start)
+            self._give_up(exc, verdict.rule, reason, now - self.start, duration)
+        if self.tallies:
+            self._tally(exc, "retry")
         self.previous = delay
-        if retrier.hooks:
+        if self.hooks:
             redactor = self._redactor()
             self._emit(
                 RetryScheduled(
@@ -313,16 +345,22 @@ class _Run:
                     elapsed=now - self.start,
                     exception=exc,
                     cause=redactor.describe(exc),
+                    duration=duration,
+                    call=self.call,
                     delay=delay,
                     rule=verdict.rule,
                 )
             )
         return delay
 
-    def _give_up(self, exc: Exception, rule: str, reason: GiveUpReason, elapsed: float) -> None:
+    def _give_up(
+        self, exc: Exception, rule: str, reason: GiveUpReason, elapsed: float, duration: float
+    ) -> None:
+        if self.tallies:
+            self._tally(exc, "gave_up")
         redactor = self._redactor()
         cause = redactor.describe(exc)
-        if self.retrier.hooks:
+        if self.hooks:
             self._emit(
                 GaveUp(
                     target=redactor.target,
@@ -330,6 +368,8 @@ class _Run:
                     elapsed=elapsed,
                     exception=exc,
                     cause=cause,
+                    duration=duration,
+                    call=self.call,
                     reason=reason,
                     rule=rule,
                 )
@@ -346,14 +386,18 @@ class _Run:
         ) from exc
 
     def recovered(self) -> None:
-        if self.retrier.hooks:
-            elapsed = self.clock() - self.start
+        if self.tallies:
+            self._tally(None, "success")
+        if self.hooks:
+            now = self.clock()
             self._emit(
                 Recovered(
                     target=self._redactor().target,
                     attempt=self.attempt,
-                    elapsed=elapsed,
+                    elapsed=now - self.start,
                     exception=None,
                     cause="",
+                    duration=now - self.attempt_start,
+                    call=self.call,
                 )
             )

@@ -1,17 +1,19 @@
 """The public entry points: the ``retry`` decorator and the ``connect_with_retry`` helpers.
 
 Whether a function is sync or async is decided once, when decorating. The
-wrapper's success path is one clock read, one call and one ``try``; all of
-the machinery (classifying, redacting, events, sleeping) sits behind the first
-failure, in :mod:`resilient_connect._engine`.
+wrapper's success path is one clock read, one call and one ``try``, then one
+counter step for the function's statistics and one flag test for hooks that
+want successes; all of the machinery (classifying, redacting, events,
+sleeping) sits behind the first failure, in :mod:`resilient_connect._engine`.
 """
 
 from __future__ import annotations
 
-from . import _timing
+from . import _hooks, _timing
 from ._classify import classifier_for
 from ._engine import Retrier
 from ._policy import Backoff
+from ._statistics import RetryStatistics
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -54,11 +56,16 @@ def retry(
         target: the name shown in logs, events and errors (redacted);
             ``None`` for the function's qualified name.
         hooks: callables given each :class:`~resilient_connect.Event`;
-            ``None`` for the default logging hook, ``()`` for none.
+            ``None`` for the process-wide hooks (:func:`set_default_hooks`,
+            initially the logging hook), looked up when an event is emitted;
+            ``()`` for none.
         clock, sleep, asleep, rng: injectable time and randomness, mainly for
             tests (see also :mod:`resilient_connect.testing`).
 
     Giving up raises :class:`~resilient_connect.RetryExhausted` from the last error.
+    The decorated function has a ``statistics`` attribute, a
+    :class:`~resilient_connect.RetryStatistics` counting all its calls
+    (``RetryStatistics.of(fn)`` is the typed way to get it).
     """
     classify = classifier_for(on)
 
@@ -72,21 +79,38 @@ def retry(
             sleep=sleep,
             asleep=asleep,
             rng=rng,
+            statistics=RetryStatistics(),
         )
+        wrapper: Callable[P, T]
         if _is_async(fn):
-            return _wrap(fn, _async_wrapper(fn, retrier, clock))  # type: ignore[arg-type]
-        return _wrap(fn, _sync_wrapper(fn, retrier, clock))
+            wrapper = _wrap(fn, _async_wrapper(fn, retrier, clock))  # type: ignore[arg-type]
+        else:
+            wrapper = _wrap(fn, _sync_wrapper(fn, retrier, clock))
+        wrapper.statistics = retrier.statistics  # type: ignore[attr-defined]
+        return wrapper
 
     return decorate
 
 
 def _sync_wrapper(fn: Callable[P, T], retrier: Retrier, clock: Clock | None) -> Callable[P, T]:
+    successes = _hooks.Successes(retrier)
+    assert retrier.statistics is not None
+    # Bound once: the success path does a C-level counter step and two flag reads.
+    count_success = retrier.statistics.record_first_success
+    explicit = successes.explicit
+    state = _hooks.STATE
+
     def retrying(*args: P.args, **kwargs: P.kwargs) -> T:
         start = (clock or _timing.clock)()
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - classified by the engine; never BaseException
             first = exc
+        else:
+            count_success()
+            if explicit or state.watching:
+                successes.report(start, retrier.clock(), counted=True)
+            return result
         return retrier.resume(lambda _attempt: fn(*args, **kwargs), start, first)
 
     return retrying
@@ -95,12 +119,23 @@ def _sync_wrapper(fn: Callable[P, T], retrier: Retrier, clock: Clock | None) -> 
 def _async_wrapper(
     fn: Callable[P, Awaitable[T]], retrier: Retrier, clock: Clock | None
 ) -> Callable[P, Awaitable[T]]:
+    successes = _hooks.Successes(retrier)
+    assert retrier.statistics is not None
+    count_success = retrier.statistics.record_first_success
+    explicit = successes.explicit
+    state = _hooks.STATE
+
     async def retrying(*args: P.args, **kwargs: P.kwargs) -> T:
         start = (clock or _timing.clock)()
         try:
-            return await fn(*args, **kwargs)
+            result = await fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - see the sync wrapper
             first = exc
+        else:
+            count_success()
+            if explicit or state.watching:
+                successes.report(start, retrier.clock(), counted=True)
+            return result
         return await retrier.aresume(lambda _attempt: fn(*args, **kwargs), start, first)
 
     return retrying
