@@ -29,7 +29,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._engine import Retrier
     from ._events import Hook
-    from ._statistics import RetryStatistics
     from ._timing import Clock
 
 
@@ -131,9 +130,10 @@ class Successes:
         :class:`~resilient_connect.Succeeded` event to the hooks that want one.
         """
         retrier = self._retrier
-        own: RetryStatistics | None = None if counted else retrier.statistics
+        own = retrier.statistics
         for statistics in _statistics.in_scope(own):
-            statistics.record_first_success()
+            if not (counted and statistics is own):
+                statistics.record_first_success()
         hooks = success_hooks(retrier.hooks)
         if not hooks:
             return

@@ -217,7 +217,10 @@ class _Collecting:
     def __enter__(self) -> RetryStatistics:
         from ._hooks import watch_collectors
 
-        self._tokens.append(_COLLECTORS.set((*_COLLECTORS.get(), self._statistics)))
+        current = _COLLECTORS.get()
+        if self._statistics not in current:  # open twice: still counted once
+            current = (*current, self._statistics)
+        self._tokens.append(_COLLECTORS.set(current))
         watch_collectors(+1)
         return self._statistics
 

@@ -109,8 +109,9 @@ class OpenTelemetryHook:
             description="Wait scheduled before each retry.",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
-        # Open spans by call id, with the finalizer that ends one if its call is dropped.
-        self._open: dict[int, tuple[Span, Any]] = {}
+        # Open spans by call id: the span, its start (ns since the epoch) and the finalizer
+        # that ends it if the engine drops its call without a final event.
+        self._open: dict[int, tuple[Span, int, Any]] = {}
 
     def __call__(self, event: Event) -> None:
         outcome = outcome_of(event)
@@ -129,7 +130,9 @@ class OpenTelemetryHook:
         entry = self._open.get(call.id)
         if entry is None:
             entry = self._start(event, call)
-        span = entry[0]
+        span, started, finalizer = entry
+        # Times follow the engine's clock (virtual in tests), anchored at the span's start.
+        at = started + int(event.elapsed * 1e9)
         details: dict[str, str | int | float] = {
             "attempt": event.attempt,
             "outcome": outcome,
@@ -141,20 +144,20 @@ class OpenTelemetryHook:
         if event.exception is not None:
             details["exception.type"] = type(event.exception).__qualname__
             details["exception.message"] = event.cause
-        span.add_event("attempt", details)
+        span.add_event("attempt", details, timestamp=at)
         if outcome == "retry":
             return
         self._open.pop(call.id, None)
-        entry[1].detach()
+        finalizer.detach()
         span.set_attribute("attempts", event.attempt)
         span.set_attribute("outcome", outcome)
         if isinstance(event, (GaveUp, NotRetried)):
             from opentelemetry.trace import StatusCode
 
             span.set_status(StatusCode.ERROR, _failure(event))
-        span.end()
+        span.end(end_time=at)
 
-    def _start(self, event: Event, call: Call) -> tuple[Span, Any]:
+    def _start(self, event: Event, call: Call) -> tuple[Span, int, Any]:
         import time
         import weakref
 
@@ -164,7 +167,7 @@ class OpenTelemetryHook:
         )
         finalizer = weakref.finalize(call, _abandon, self._open, call.id)
         finalizer.atexit = False
-        entry = (span, finalizer)
+        entry = (span, started, finalizer)
         self._open[call.id] = entry
         return entry
 
@@ -177,7 +180,7 @@ def _failure(event: GaveUp | NotRetried) -> str:
     return f"permanent error, not retried ({event.rule}): {event.cause}"
 
 
-def _abandon(open_spans: dict[int, tuple[Span, Any]], call_id: int) -> None:
+def _abandon(open_spans: dict[int, tuple[Span, int, Any]], call_id: int) -> None:
     """End the span of a call that the engine dropped without a final event."""
     entry = open_spans.pop(call_id, None)
     if entry is not None:
