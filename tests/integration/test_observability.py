@@ -101,8 +101,7 @@ class Exporters:
         texts = [repr(self.otel_attempts()), repr(self.targets())]
         for metric in self.registry.collect():
             texts.extend(repr(sample) for sample in metric.samples)
-        for span in self.spans():
-            texts.append(span.to_json())
+        texts.extend(span.to_json() for span in self.spans())
         return "\n".join(texts)
 
 
