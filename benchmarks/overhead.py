@@ -9,6 +9,17 @@ no logging):
   succeeds, with every wait set to zero, divided by the 9 retries;
 * import time: ``import X`` in a fresh interpreter, minus a bare interpreter.
 
+Then, for resilient_connect alone, the cost of each hook: the success path
+with that hook installed (a hook that wants successes is sent a ``Succeeded``
+event per call) and the cost per retry (per failed attempt, the final
+``Recovered`` event's share included) over the same function with
+``hooks=()``. Exporters write where a real process would, minus the network:
+stdlib logging to a ``NullHandler``, structlog's console renderer to
+``os.devnull``, prometheus_client into a ``CollectorRegistry``, the
+OpenTelemetry SDK into an in-memory metric reader and a span processor that
+discards. The "no-op hook" row is the engine's own share (building events,
+redacting the target and the cause); each exporter's own work is the rest.
+
 Run: ``python benchmarks/overhead.py`` (``--quick`` for a short smoke run).
 The machine is shared and noisy: each number is the best of several
 repetitions, and the ratios between libraries measured in the same run are
@@ -19,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
 import statistics
 import subprocess
 import sys
@@ -111,6 +124,73 @@ async def _zero_asleep(_seconds: float) -> None:
     return None
 
 
+def hooks_to_measure() -> dict[str, object]:
+    """Each hook as a real process would configure it, minus the network."""
+    import structlog
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+    from prometheus_client import CollectorRegistry
+
+    import resilient_connect.opentelemetry as rc_otel
+    import resilient_connect.prometheus as rc_prometheus
+    import resilient_connect.structlog as rc_structlog
+
+    class Discard(SpanExporter):
+        def export(self, spans: object) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    logger = logging.getLogger("resilient_connect")
+    logger.addHandler(logging.NullHandler())
+    logger.propagate = False
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the benchmark
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(devnull))
+    tracers = TracerProvider()
+    tracers.add_span_processor(SimpleSpanProcessor(Discard()))
+    meters = MeterProvider(metric_readers=[InMemoryMetricReader()])
+
+    def noop_hook(_event: rc.Event) -> None:
+        return None
+
+    return {
+        "no-op hook": noop_hook,
+        "log_event (stdlib)": rc.log_event,
+        "structlog": rc_structlog.hook(),
+        "prometheus": rc_prometheus.hook(registry=CollectorRegistry()),
+        "prometheus, successes=False": rc_prometheus.hook(
+            registry=CollectorRegistry(), successes=False
+        ),
+        "opentelemetry": rc_otel.hook(meter_provider=meters, tracer_provider=tracers),
+        "opentelemetry, successes=False": rc_otel.hook(
+            meter_provider=meters, tracer_provider=tracers, successes=False
+        ),
+    }
+
+
+def hook_rows(number: int, repeat: int, bare_sync: float) -> dict[str, tuple[float, float]]:
+    """(success path us over a bare call, cost per retry us over hooks=()) for each hook."""
+
+    def decorate(hooks: tuple[object, ...]) -> Callable[[Callable[[], None]], Callable[[], None]]:
+        return rc.retry(
+            on=OSError,
+            policy=rc.Backoff(initial=0, attempts=FAILURES + 1, jitter="none"),
+            hooks=hooks,  # type: ignore[arg-type]
+            sleep=lambda _s: None,
+        )
+
+    def per_failure(hooks: tuple[object, ...]) -> float:
+        failing = decorate(hooks)(failing_then_ok())
+        return best_per_call(sync_batch(failing), max(number // 50, 20), repeat) / FAILURES
+
+    silent = per_failure(())
+    rows = {}
+    for name, hook in hooks_to_measure().items():
+        success = best_per_call(sync_batch(decorate((hook,))(noop)), number, repeat) - bare_sync
+        rows[name] = (success, per_failure((hook,)) - silent)
+    return rows
+
+
 def failing_then_ok() -> Callable[[], None]:
     state = [0]
 
@@ -163,6 +243,7 @@ def main() -> None:
         }
 
     ours = rows["resilient_connect"]
+    hooks = hook_rows(number, repeat, bare_sync)
     print(
         f"bare call {bare_sync * 1e6:.3f} us, minimal pass-through wrapper +{minimal * 1e6:.3f} us"
     )
@@ -187,6 +268,14 @@ def main() -> None:
             for key in ("sync", "async", "failure", "import")
         )
         print(f"  {name:<10} {ratios}")
+    print()
+    print("resilient_connect with one hook installed (sync):")
+    header = f"{'hook':<32}{'success path us':>16}{'per retry us':>14}"
+    print(header)
+    print("-" * len(header))
+    print(f"{'none (hooks=())':<32}{ours['sync'] * 1e6:>16.3f}{0:>14.3f}")
+    for name, (success, retry) in hooks.items():
+        print(f"{name:<32}{success * 1e6:>16.3f}{retry * 1e6:>14.3f}")
 
 
 if __name__ == "__main__":

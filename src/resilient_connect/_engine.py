@@ -37,9 +37,9 @@ from __future__ import annotations
 
 import sys
 
-from . import _timing
+from . import _hooks, _statistics, _timing
 from ._errors import RetryExhausted, gave_up_line
-from ._events import GaveUp, NotRetried, Recovered, RetryScheduled
+from ._events import Call, GaveUp, NotRetried, Recovered, RetryScheduled
 from ._policy import Backoff
 from ._scope import (
     CLOCK,
@@ -72,11 +72,12 @@ if TYPE_CHECKING:
     from types import FrameType
     from typing import Any, NoReturn, TypeVar
 
-    from ._classify import Classifier
+    from ._classify import Classifier, Verdict
     from ._errors import GiveUpReason
     from ._events import Event, Hook
     from ._policy import RandomSource
     from ._redact import Redactor
+    from ._statistics import RetryStatistics
     from ._timing import AsyncSleep, Clock, Sleep
 
     T = TypeVar("T")
@@ -169,7 +170,10 @@ class Retrier:
 
     Built once (at decoration time for :func:`~resilient_connect.retry`), then
     shared. ``policy=None`` means :data:`DEFAULT_POLICY`. ``hooks=None`` means
-    the default logging hook; ``()`` means none. ``secrets`` are extra strings
+    the process-wide hooks (:func:`~resilient_connect.set_default_hooks`),
+    looked up when an event is emitted; ``()`` means none. ``statistics`` (a
+    decorated function's own) records every call; statistics collected in
+    scope record too. ``secrets`` are extra strings
     to scrub from causes (a ``password=`` keyword, say).
 
     Giving up: ``reraise=False`` raises :class:`~resilient_connect.RetryExhausted`
@@ -193,6 +197,7 @@ class Retrier:
         "reraise",
         "rng",
         "secrets",
+        "statistics",
         "target",
     )
 
@@ -210,15 +215,13 @@ class Retrier:
         rng: RandomSource | None = None,
         reraise: bool = False,
         owns_retries: bool = False,
+        statistics: RetryStatistics | None = None,
     ) -> None:
-        if hooks is None:
-            from ._logging import log_event
-
-            hooks = (log_event,)
         self.policy = DEFAULT_POLICY if policy is None else policy
         self.classify = classify
         self.target = target
-        self.hooks = tuple(hooks)
+        self.hooks = None if hooks is None else tuple(hooks)
+        self.statistics = statistics
         self.secrets = tuple(secrets)
         self.reraise = reraise
         self.owns_retries = owns_retries
@@ -252,9 +255,12 @@ class Retrier:
         scope = self.first_scope(sys._getframe())
         token = enter(scope)
         try:
-            return fn(Attempt(1, None, scope[CLOCK], scope))
+            result = fn(Attempt(1, None, scope[CLOCK], scope))
         except Exception as exc:  # noqa: BLE001 - classified in resume(); BaseException never caught
             first = exc
+        else:
+            _hooks.Successes(self).report(scope[STARTED], scope[CLOCK])
+            return result
         finally:
             leave(scope, token)
         return self.resume(fn, scope, first, classify=classify, on_failure=on_failure)
@@ -325,9 +331,12 @@ class Retrier:
         scope = self.first_scope(sys._getframe())
         token = enter(scope)
         try:
-            return await fn(Attempt(1, None, scope[CLOCK], scope))
+            result = await fn(Attempt(1, None, scope[CLOCK], scope))
         except Exception as exc:  # noqa: BLE001 - see call()
             first = exc
+        else:
+            _hooks.Successes(self).report(scope[STARTED], scope[CLOCK])
+            return result
         finally:
             leave(scope, token)
         return await self.aresume(fn, scope, first, classify=classify, on_failure=on_failure)
@@ -371,9 +380,12 @@ class _Run:
     """Per-call state after the first failure."""
 
     __slots__ = (
+        "attempt_start",
+        "call",
         "classify",
         "clock",
         "deadline",
+        "hooks",
         "last_call",
         "number",
         "once",
@@ -384,6 +396,7 @@ class _Run:
         "retrier",
         "rng",
         "start",
+        "tallies",
     )
 
     def __init__(self, retrier: Retrier, first: list[Any], classify: Classifier | None) -> None:
@@ -405,6 +418,12 @@ class _Run:
             rng = random
         self.rng: RandomSource = rng
         self.redactor: Redactor | None = None
+        # Resolved now, at the first failure: defaults set after decoration apply. Inside
+        # a loop that owns the retries nothing is reported: that loop reports.
+        self.hooks = () if self.once else _hooks.resolve(retrier.hooks)
+        self.tallies = () if self.once else _statistics.in_scope(retrier.statistics)
+        self.call = Call() if self.hooks else None
+        self.attempt_start = self.start
 
     def _redactor(self) -> Redactor:
         if self.redactor is None:
@@ -413,8 +432,14 @@ class _Run:
             self.redactor = Redactor(self.retrier.target, self.retrier.secrets)
         return self.redactor
 
+    def _tally(self, exc: Exception | None, outcome: str) -> None:
+        # The wait before this attempt was completed (``previous`` is still its delay).
+        waited = self.previous if self.number > 1 else 0.0
+        for statistics in self.tallies:
+            statistics.record(exc, outcome, waited)
+
     def _emit(self, event: Event) -> None:
-        for hook in self.retrier.hooks:
+        for hook in self.hooks:
             hook(event)
 
     def next_scope(self) -> list[Any]:
@@ -424,6 +449,7 @@ class _Run:
         to the same enclosing scope as the first attempt's.
         """
         self.number += 1
+        self.attempt_start = self.clock()
         owns = self.retrier.owns_retries
         return record(self.deadline, self.clock, self.start, self.owner, owns_retries=owns)
 
@@ -439,23 +465,14 @@ class _Run:
         policy = retrier.policy
         verdict = self.classify(exc)
         now = self.clock()
+        duration = now - self.attempt_start
         nested = scope[NESTED]
         if nested is not None:
             # A loop inside the attempt used the time up to our deadline: whatever its
             # error says, there is no time left for another attempt.
-            self._give_up(exc, verdict.rule, "deadline", now - self.start, nested)
+            self._give_up(exc, verdict.rule, "deadline", now - self.start, duration, nested=nested)
         if not verdict.transient:
-            if retrier.hooks and verdict.report:
-                redactor = self._redactor()
-                event = NotRetried(
-                    target=redactor.target,
-                    attempt=self.number,
-                    elapsed=now - self.start,
-                    exception=exc,
-                    cause=redactor.describe(exc),
-                    rule=verdict.rule,
-                )
-                self._emit(event)
+            self._not_retried(exc, verdict, now - self.start, duration)
             raise exc
         reason: GiveUpReason | None = None
         delay = 0.0
@@ -473,9 +490,11 @@ class _Run:
                     delay = left / 2
                     self.last_call = True
         if reason is not None:
-            self._give_up(exc, verdict.rule, reason, now - self.start, None)
+            self._give_up(exc, verdict.rule, reason, now - self.start, duration)
+        if self.tallies:
+            self._tally(exc, "retry")
         self.previous = delay
-        if retrier.hooks:
+        if self.hooks:
             redactor = self._redactor()
             self._emit(
                 RetryScheduled(
@@ -484,11 +503,33 @@ class _Run:
                     elapsed=now - self.start,
                     exception=exc,
                     cause=redactor.describe(exc),
+                    duration=duration,
+                    call=self.call,
                     delay=delay,
                     rule=verdict.rule,
                 )
             )
         return delay
+
+    def _not_retried(
+        self, exc: Exception, verdict: Verdict, elapsed: float, duration: float
+    ) -> None:
+        """Count and report a permanent error (which the caller then raises)."""
+        if self.tallies:
+            self._tally(exc, "not_retried")
+        if self.hooks and verdict.report:
+            redactor = self._redactor()
+            event = NotRetried(
+                target=redactor.target,
+                attempt=self.number,
+                elapsed=elapsed,
+                exception=exc,
+                cause=redactor.describe(exc),
+                duration=duration,
+                call=self.call,
+                rule=verdict.rule,
+            )
+            self._emit(event)
 
     def _give_up(
         self,
@@ -496,8 +537,12 @@ class _Run:
         rule: str,
         reason: GiveUpReason,
         elapsed: float,
-        nested: tuple[str, int] | None,
+        duration: float,
+        *,
+        nested: tuple[str, int] | None = None,
     ) -> NoReturn:
+        if self.tallies:
+            self._tally(exc, "gave_up")
         redactor = self._redactor()
         # A nested loop's RetryExhausted already says what went wrong: name its cause.
         last = exc.last_exception if isinstance(exc, RetryExhausted) else exc
@@ -506,7 +551,7 @@ class _Run:
             # Our time ran out because an enclosing call's did: none of the calls up to
             # that one must try again.
             mark_nested(self.outside, redactor.target, self.number)
-        if self.retrier.hooks:
+        if self.hooks:
             self._emit(
                 GaveUp(
                     target=redactor.target,
@@ -514,6 +559,8 @@ class _Run:
                     elapsed=elapsed,
                     exception=exc,
                     cause=cause,
+                    duration=duration,
+                    call=self.call,
                     reason=reason,
                     rule=rule,
                     nested=nested,
@@ -536,14 +583,18 @@ class _Run:
         ) from exc
 
     def recovered(self) -> None:
-        if self.retrier.hooks:
-            elapsed = self.clock() - self.start
+        if self.tallies:
+            self._tally(None, "success")
+        if self.hooks:
+            now = self.clock()
             self._emit(
                 Recovered(
                     target=self._redactor().target,
                     attempt=self.number,
-                    elapsed=elapsed,
+                    elapsed=now - self.start,
                     exception=None,
                     cause="",
+                    duration=now - self.attempt_start,
+                    call=self.call,
                 )
             )

@@ -1,13 +1,21 @@
 """Frozen records of what the engine did, passed to hooks.
 
-Events are built only when an attempt fails (never on the success path) and
-never carry the call's arguments: ``target`` and ``cause`` are redacted text,
-safe to log or ship. ``exception`` is the error object itself, for code that
-wants to inspect it; do not log its attributes blindly (psycopg keeps the
-password in ``exc.pgconn``).
+Events are built only when an attempt fails, or when a first attempt succeeds
+and a hook asked for that (:class:`Succeeded`, see :mod:`resilient_connect._hooks`);
+a call that succeeds first time with no such hook builds none. They never carry
+the call's arguments: ``target`` and ``cause`` are redacted text, safe to log or
+ship. ``exception`` is the error object itself, for code that wants to inspect
+it; do not log its attributes blindly (psycopg keeps the password in
+``exc.pgconn``).
+
+Every attempt ends in exactly one event: ``RetryScheduled``, ``GaveUp`` or
+``NotRetried`` when it fails, ``Recovered`` or ``Succeeded`` when it succeeds.
+That is what lets exporters count attempts by outcome.
 """
 
 from __future__ import annotations
+
+import itertools
 
 from ._values import value
 
@@ -19,6 +27,31 @@ if TYPE_CHECKING:
     Hook: TypeAlias = Callable[["Event"], object]
 
 
+_call_ids = itertools.count(1)
+
+
+class Call:
+    """The identity of one retrying call: the same object on every event of that call.
+
+    ``id`` is unique within the process (1, 2, ...), for correlating log lines.
+    Exporters that keep state per call (an OpenTelemetry span) key it on the
+    object and may hold a weak reference to it: when a call ends without a final
+    event (cancelled, interrupted), the engine drops its ``Call`` and such state
+    can be cleaned up.
+    """
+
+    __slots__ = ("__weakref__", "id")
+
+    def __init__(self, id: int | None = None) -> None:  # noqa: A002 - the natural name
+        self.id: int = next(_call_ids) if id is None else id
+
+    def __repr__(self) -> str:
+        return f"Call({self.id})"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (Call, (self.id,))
+
+
 @value
 class Event:
     """What every event has.
@@ -27,8 +60,12 @@ class Event:
         target: what is being reached, password hidden.
         attempt: number of the attempt this event is about, from 1.
         elapsed: seconds since the first attempt started.
-        exception: the error of that attempt (``None`` for :class:`Recovered`).
+        exception: the error of that attempt (``None`` when it succeeded).
         cause: one line describing ``exception``, secrets removed ("" if none).
+        duration: seconds the attempt itself took, from its start to its
+            outcome (the wait before it not included).
+        call: which call the event belongs to; ``None`` only for events built
+            by hand, outside the engine.
     """
 
     # The exception's own repr may quote a DSN with its password; the repr shows its type.
@@ -39,6 +76,8 @@ class Event:
     elapsed: float
     exception: BaseException | None
     cause: str
+    duration: float = 0.0
+    call: Call | None = None
 
 
 @value
@@ -79,3 +118,13 @@ class NotRetried(Event):
 @value
 class Recovered(Event):
     """Attempt ``attempt`` succeeded after earlier attempts had failed."""
+
+
+@value
+class Succeeded(Event):
+    """The first attempt succeeded: the call needed no retry.
+
+    Sent only to hooks whose ``wants_successes`` attribute is true (the metric
+    exporters), so that a call that succeeds first time costs nothing more for
+    everyone else. ``attempt`` is 1, ``elapsed`` equals ``duration``.
+    """

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import sys
 
-from . import _timing
+from . import _hooks, _timing
 from ._classify import classifier_for
 from ._engine import Retrier
-from ._scope import enter, leave, register_wrapper
+from ._scope import STARTED, enter, leave, register_wrapper
+from ._statistics import RetryStatistics
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -57,11 +58,16 @@ def retry(
         target: the name shown in logs, events and errors (redacted);
             ``None`` for the function's qualified name.
         hooks: callables given each :class:`~resilient_connect.Event`;
-            ``None`` for the default logging hook, ``()`` for none.
+            ``None`` for the process-wide hooks (:func:`set_default_hooks`,
+            initially the logging hook), looked up when an event is emitted;
+            ``()`` for none.
         clock, sleep, asleep, rng: injectable time and randomness, mainly for
             tests (see also :mod:`resilient_connect.testing`).
 
     Giving up raises :class:`~resilient_connect.RetryExhausted` from the last error.
+    The decorated function has a ``statistics`` attribute, a
+    :class:`~resilient_connect.RetryStatistics` counting all its calls
+    (``RetryStatistics.of(fn)`` is the typed way to get it).
     """
     classify = classifier_for(on)
 
@@ -75,10 +81,15 @@ def retry(
             sleep=sleep,
             asleep=asleep,
             rng=rng,
+            statistics=RetryStatistics(),
         )
+        wrapper: Callable[P, T]
         if _is_async(fn):
-            return _wrap(fn, _async_wrapper(fn, retrier))  # type: ignore[arg-type]
-        return _wrap(fn, _sync_wrapper(fn, retrier))
+            wrapper = _wrap(fn, _async_wrapper(fn, retrier))  # type: ignore[arg-type]
+        else:
+            wrapper = _wrap(fn, _sync_wrapper(fn, retrier))
+        wrapper.statistics = retrier.statistics  # type: ignore[attr-defined]
+        return wrapper
 
     return decorate
 
@@ -88,13 +99,24 @@ def _sync_wrapper(fn: Callable[P, T], retrier: Retrier) -> Callable[P, T]:
     # stack, where a nested loop finds it (resilient_connect._scope reads `start` and
     # `retrier` from this frame; keep those names).
     fixed_clock = retrier.fixed_clock
+    successes = _hooks.Successes(retrier)
+    assert retrier.statistics is not None
+    # Bound once: after a success, a C-level counter step and two flag reads.
+    count_success = retrier.statistics.record_first_success
+    explicit = successes.explicit
+    state = _hooks.STATE
 
     def retrying(*args: P.args, **kwargs: P.kwargs) -> T:
         start = (fixed_clock or _timing.clock)()
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - classified by the engine; never BaseException
             first = exc
+        else:
+            count_success()
+            if explicit or state.watching:
+                successes.report(start, retrier.clock(), counted=True)
+            return result
         wrapper = sys._getframe()
         return retrier.resume_decorated(lambda _attempt: fn(*args, **kwargs), start, first, wrapper)
 
@@ -102,14 +124,25 @@ def _sync_wrapper(fn: Callable[P, T], retrier: Retrier) -> Callable[P, T]:
 
 
 def _async_wrapper(fn: Callable[P, Awaitable[T]], retrier: Retrier) -> Callable[P, Awaitable[T]]:
+    successes = _hooks.Successes(retrier)
+    assert retrier.statistics is not None
+    count_success = retrier.statistics.record_first_success
+    explicit = successes.explicit
+    state = _hooks.STATE
+
     # Tasks interleave: the scope must be in the context (a context-variable write).
     async def retrying(*args: P.args, **kwargs: P.kwargs) -> T:
         scope = retrier.first_scope(sys._getframe())
         token = enter(scope)
         try:
-            return await fn(*args, **kwargs)
+            result = await fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - see the sync wrapper
             first = exc
+        else:
+            count_success()
+            if explicit or state.watching:
+                successes.report(scope[STARTED], retrier.clock(), counted=True)
+            return result
         finally:
             leave(scope, token)
         return await retrier.aresume(lambda _attempt: fn(*args, **kwargs), scope, first)

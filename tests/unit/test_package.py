@@ -23,7 +23,7 @@ def test_all_is_sorted_and_complete() -> None:
         if not name.startswith("_") and name not in {"testing", "TYPE_CHECKING"}
     }
     # Submodules imported by adapters or tests show up as attributes; they are not API names.
-    public -= {"psycopg", "redis", "sqlalchemy"}
+    public -= {"psycopg", "redis", "sqlalchemy", "opentelemetry", "prometheus", "structlog"}
     assert public | {"__version__"} == set(exported)
     assert all(hasattr(resilient_connect, name) for name in exported)
 
@@ -36,7 +36,7 @@ def test_testing_all_is_sorted_and_complete() -> None:
 
 
 def test_import_loads_no_driver_and_no_asyncio() -> None:
-    """`import resilient_connect` loads no database driver, no asyncio and no logging."""
+    """`import resilient_connect` loads no driver, exporter, asyncio, logging or threading."""
     code = "import sys, json, resilient_connect; print(json.dumps(sorted(m for m in sys.modules)))"
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
@@ -44,8 +44,33 @@ def test_import_loads_no_driver_and_no_asyncio() -> None:
     modules = set(json.loads(result.stdout))
     # json itself is imported by the probe after resilient_connect; it is not counted.
     forbidden = {"psycopg", "redis", "sqlalchemy", "asyncio", "logging", "typing_extensions"}
+    forbidden |= EXPORTER_LIBRARIES | {"threading"}
     loaded = {m for m in modules if m.split(".")[0] in forbidden}
     assert loaded == set()
+
+
+EXPORTER_LIBRARIES = {"opentelemetry", "prometheus_client", "structlog"}
+
+
+@pytest.mark.parametrize("module", ["opentelemetry", "prometheus", "structlog"])
+def test_exporter_modules_import_their_library_only_in_hook(module: str) -> None:
+    """Importing an exporter module loads no exporter library; calling hook() loads its own."""
+    code = (
+        "import sys, json\n"
+        f"import resilient_connect.{module} as exporter\n"
+        "before = sorted(m for m in sys.modules)\n"
+        "exporter.hook()\n"
+        "print(json.dumps([before, sorted(m for m in sys.modules)]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    before, after = (set(names) for names in json.loads(result.stdout))
+    assert {m.split(".")[0] for m in before} & EXPORTER_LIBRARIES == set()
+    library = {"opentelemetry": "opentelemetry", "prometheus": "prometheus_client"}.get(
+        module, module
+    )
+    assert {m.split(".")[0] for m in after} & EXPORTER_LIBRARIES == {library}
 
 
 def test_ships_py_typed_and_version() -> None:

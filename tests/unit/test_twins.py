@@ -20,7 +20,16 @@ MODULES = [
     resilient_connect.sqlalchemy,
 ]
 # Functions that do no I/O, so they have no twin.
-NO_IO = {"classify", "is_transient", "redact", "log_event", "retry"}
+NO_IO = {
+    "classify",
+    "collect_statistics",
+    "default_hooks",
+    "is_transient",
+    "log_event",
+    "redact",
+    "retry",
+    "set_default_hooks",
+}
 # Twins not spelled with the "a" prefix (SQLAlchemy's own naming is kept).
 SPELLED = {"create_engine": "create_async_engine"}
 
