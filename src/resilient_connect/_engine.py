@@ -47,6 +47,7 @@ from ._scope import (
     OWNER,
     STARTED,
     enter,
+    inside_owner,
     leave,
     link,
     mark_nested,
@@ -181,8 +182,9 @@ class Retrier:
     note saying that and why we gave up (after the ``GaveUp`` event), for
     bridges into libraries whose callers expect their own exception types.
     ``owns_retries=True``: loops started inside this retrier's attempts make
-    one attempt each (see the module docstring). ``clock``/``sleep``/
-    ``asleep``/``rng`` default to the :mod:`resilient_connect._timing`
+    one attempt each (see the module docstring). ``report_successes=False``:
+    a first-time success is not reported (the redis bridge wraps every
+    command). ``clock``/``sleep``/``asleep``/``rng`` default to the :mod:`resilient_connect._timing`
     attributes and the :mod:`random` module, looked up at call time.
     """
 
@@ -198,6 +200,7 @@ class Retrier:
         "rng",
         "secrets",
         "statistics",
+        "successes",
         "target",
     )
 
@@ -216,12 +219,16 @@ class Retrier:
         reraise: bool = False,
         owns_retries: bool = False,
         statistics: RetryStatistics | None = None,
+        report_successes: bool = True,
     ) -> None:
         self.policy = DEFAULT_POLICY if policy is None else policy
         self.classify = classify
         self.target = target
         self.hooks = None if hooks is None else tuple(hooks)
         self.statistics = statistics
+        # How first-time successes are reported (statistics in scope, hooks that ask);
+        # None for loops whose every call is a success worth no report (the redis bridge).
+        self.successes = _hooks.Successes(self) if report_successes else None
         self.secrets = tuple(secrets)
         self.reraise = reraise
         self.owns_retries = owns_retries
@@ -259,7 +266,8 @@ class Retrier:
         except Exception as exc:  # noqa: BLE001 - classified in resume(); BaseException never caught
             first = exc
         else:
-            _hooks.Successes(self).report(scope[STARTED], scope[CLOCK])
+            if self.successes is not None and not inside_owner(scope):
+                self.successes.report(scope[STARTED], scope[CLOCK])
             return result
         finally:
             leave(scope, token)
@@ -335,7 +343,8 @@ class Retrier:
         except Exception as exc:  # noqa: BLE001 - see call()
             first = exc
         else:
-            _hooks.Successes(self).report(scope[STARTED], scope[CLOCK])
+            if self.successes is not None and not inside_owner(scope):
+                self.successes.report(scope[STARTED], scope[CLOCK])
             return result
         finally:
             leave(scope, token)

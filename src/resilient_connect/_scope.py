@@ -166,6 +166,12 @@ def owns_inner_retries(scope: Record) -> bool:
     return outer is not None and bool(outer[OWNS_RETRIES]) and not _stack_between(scope, outer)
 
 
+def inside_owner(scope: Record) -> bool:
+    """Cheaply: whether ``scope`` runs directly inside a loop that owns its retries."""
+    outer = _running(scope[ENCLOSING])
+    return outer is not None and bool(outer[OWNS_RETRIES])
+
+
 def _stack_between(scope: Record, outer: Record) -> bool:
     """Whether a decorated call's first attempt lies on the stack between the two scopes."""
     owner: FrameType | None = scope[OWNER]

@@ -157,6 +157,8 @@ class _BridgeCore:
             secrets=secrets,
             reraise=True,
             owns_retries=True,
+            # Every command goes through the bridge: only commands that failed are news.
+            report_successes=False,
         )
 
     def retrier_target(self) -> str:
