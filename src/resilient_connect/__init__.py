@@ -10,6 +10,7 @@ hooks that export events. Importing this package loads no driver, no exporter
 library and no asyncio.
 """
 
+from ._budget import RetryBudget, default_budget, set_default_budget
 from ._errors import RetryExhausted
 from ._events import Call, Event, GaveUp, NotRetried, Recovered, RetryScheduled, Succeeded
 from ._hooks import default_hooks, set_default_hooks
@@ -27,6 +28,7 @@ __all__ = [
     "GaveUp",
     "NotRetried",
     "Recovered",
+    "RetryBudget",
     "RetryExhausted",
     "RetryScheduled",
     "RetryStatistics",
@@ -35,9 +37,11 @@ __all__ = [
     "aconnect_with_retry",
     "collect_statistics",
     "connect_with_retry",
+    "default_budget",
     "default_hooks",
     "log_event",
     "redact",
     "retry",
+    "set_default_budget",
     "set_default_hooks",
 ]

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import sys
 
-from . import _hooks, _statistics, _timing
+from . import _budget, _hooks, _statistics, _timing
 from ._errors import RetryExhausted, gave_up_line
 from ._events import Call, GaveUp, NotRetried, Recovered, RetryScheduled
 from ._policy import Backoff
@@ -71,8 +71,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Sequence
     from types import FrameType
-    from typing import Any, NoReturn, TypeVar
+    from typing import Any, Literal, NoReturn, TypeVar
 
+    from ._budget import RetryBudget
     from ._classify import Classifier, Verdict
     from ._errors import GiveUpReason
     from ._events import Event, Hook
@@ -85,6 +86,13 @@ if TYPE_CHECKING:
     FailureCallback = Callable[[Exception], object]
 
 _UNKNOWN = object()
+
+
+def refund(budget: RetryBudget | Literal["default"]) -> None:
+    """A call succeeded at once: its budget (``"default"``: the process-wide one) gets tokens."""
+    resolved = _budget.resolve(budget)
+    if resolved is not None:
+        resolved.refund()
 
 
 class Attempt:
@@ -184,14 +192,18 @@ class Retrier:
     ``owns_retries=True``: loops started inside this retrier's attempts make
     one attempt each (see the module docstring). ``report_successes=False``:
     a first-time success is not reported (the redis bridge wraps every
-    command). ``clock``/``sleep``/``asleep``/``rng`` default to the :mod:`resilient_connect._timing`
-    attributes and the :mod:`random` module, looked up at call time.
+    command). ``budget``: the :class:`~resilient_connect.RetryBudget` every
+    retry takes tokens from (``"default"``: the process-wide one, looked up at
+    each call; ``None``: none). ``clock``/``sleep``/``asleep``/``rng``
+    default to the :mod:`resilient_connect._timing` attributes and the
+    :mod:`random` module, looked up at call time.
     """
 
     __slots__ = (
         "_asleep",
         "_clock",
         "_sleep",
+        "budget",
         "classify",
         "hooks",
         "owns_retries",
@@ -220,12 +232,14 @@ class Retrier:
         owns_retries: bool = False,
         statistics: RetryStatistics | None = None,
         report_successes: bool = True,
+        budget: RetryBudget | Literal["default"] | None = None,
     ) -> None:
         self.policy = DEFAULT_POLICY if policy is None else policy
         self.classify = classify
         self.target = target
         self.hooks = None if hooks is None else tuple(hooks)
         self.statistics = statistics
+        self.budget = budget
         # How first-time successes are reported (statistics in scope, hooks that ask);
         # None for loops whose every call is a success worth no report (the redis bridge).
         self.successes = _hooks.Successes(self) if report_successes else None
@@ -266,6 +280,8 @@ class Retrier:
         except Exception as exc:  # noqa: BLE001 - classified in resume(); BaseException never caught
             first = exc
         else:
+            if self.budget is not None:
+                refund(self.budget)
             if self.successes is not None and not inside_owner(scope):
                 self.successes.report(scope[STARTED], scope[CLOCK])
             return result
@@ -343,6 +359,8 @@ class Retrier:
         except Exception as exc:  # noqa: BLE001 - see call()
             first = exc
         else:
+            if self.budget is not None:
+                refund(self.budget)
             if self.successes is not None and not inside_owner(scope):
                 self.successes.report(scope[STARTED], scope[CLOCK])
             return result
@@ -390,6 +408,7 @@ class _Run:
 
     __slots__ = (
         "attempt_start",
+        "budget",
         "call",
         "classify",
         "clock",
@@ -433,6 +452,7 @@ class _Run:
         self.tallies = () if self.once else _statistics.in_scope(retrier.statistics)
         self.call = Call() if self.hooks else None
         self.attempt_start = self.start
+        self.budget = None if self.once else _budget.resolve(retrier.budget)
 
     def _redactor(self) -> Redactor:
         if self.redactor is None:
@@ -498,6 +518,8 @@ class _Run:
                     # with up to `maximum` seconds of the window unused.
                     delay = left / 2
                     self.last_call = True
+        if reason is None and self.budget is not None and not self.budget.spend():
+            reason = "budget"  # first attempts never need a token; retries do
         if reason is not None:
             self._give_up(exc, verdict.rule, reason, now - self.start, duration)
         if self.tallies:
@@ -592,6 +614,8 @@ class _Run:
         ) from exc
 
     def recovered(self) -> None:
+        if self.budget is not None:
+            self.budget.refund()
         if self.tallies:
             self._tally(None, "success")
         if self.hooks:

@@ -6,7 +6,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Literal, TypeAlias
 
-    GiveUpReason: TypeAlias = Literal["attempts", "deadline"]
+    GiveUpReason: TypeAlias = Literal["attempts", "deadline", "budget"]
 
 
 class RetryExhausted(Exception):
@@ -21,7 +21,9 @@ class RetryExhausted(Exception):
         last_exception: the error of the last attempt.
         reason: ``"attempts"`` when ``Backoff.attempts`` ran out, ``"deadline"``
             when the next attempt could not start before ``Backoff.timeout`` (or
-            before the deadline of an enclosing retrying call).
+            before the deadline of an enclosing retrying call), ``"budget"`` when
+            the :class:`~resilient_connect.RetryBudget` the call shares had no
+            tokens left for another retry.
         cause: one line describing ``last_exception``, secrets removed.
         nested: when a retry loop inside the last attempt used the time up to
             the deadline: ``(its target, its attempts)``; else ``None``.
@@ -93,6 +95,11 @@ def gave_up_line(
             inner, count = nested
             inner_plural = "attempt" if count == 1 else "attempts"
             why += f" inside the retry loop of {inner} ({count} {inner_plural})"
+    elif reason == "budget":
+        why = (
+            "retry budget exhausted: the retries this process's loops share are spent; "
+            "size it with RetryBudget(capacity=...), or pass budget=None"
+        )
     else:
         why = "no attempts left"
     return f"gave up after {attempts} {plural} in {elapsed:.2f}s ({why})"

@@ -95,12 +95,12 @@ class RetryScheduled(Event):
 class GaveUp(Event):
     """The policy gave up after ``attempt`` attempts; ``RetryExhausted`` follows.
 
-    ``reason`` is ``"attempts"`` or ``"deadline"``. ``nested`` is set when a
+    ``reason`` is ``"attempts"``, ``"deadline"`` or ``"budget"``. ``nested`` is set when a
     retry loop inside the last attempt used the time up to the deadline:
     ``(its target, its attempts)``.
     """
 
-    reason: Literal["attempts", "deadline"]
+    reason: Literal["attempts", "deadline", "budget"]
     rule: str
     nested: tuple[str, int] | None = None
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from . import _hooks, _timing
+from . import _budget, _hooks, _timing
 from ._classify import classifier_for
 from ._engine import Retrier
 from ._scope import STARTED, enter, leave, register_wrapper
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
     from typing import Any, ParamSpec, TypeVar
 
+    from ._budget import RetryBudget
     from ._classify import RetryOn
     from ._events import Hook
     from ._policy import Backoff, RandomSource
@@ -41,6 +42,7 @@ def retry(
     policy: Backoff | None = None,
     target: str | None = None,
     hooks: Sequence[Hook] | None = None,
+    budget: RetryBudget | None = None,
     clock: Clock | None = None,
     sleep: Sleep | None = None,
     asleep: AsyncSleep | None = None,
@@ -61,6 +63,9 @@ def retry(
             ``None`` for the process-wide hooks (:func:`set_default_hooks`,
             initially the logging hook), looked up when an event is emitted;
             ``()`` for none.
+        budget: a :class:`~resilient_connect.RetryBudget` shared with other
+            loops: every retry takes tokens from it, and the call gives up
+            (``reason="budget"``) when it is short; ``None`` for none.
         clock, sleep, asleep, rng: injectable time and randomness, mainly for
             tests (see also :mod:`resilient_connect.testing`).
 
@@ -82,6 +87,7 @@ def retry(
             asleep=asleep,
             rng=rng,
             statistics=RetryStatistics(),
+            budget=budget,
         )
         wrapper: Callable[P, T]
         if _is_async(fn):
@@ -105,6 +111,7 @@ def _sync_wrapper(fn: Callable[P, T], retrier: Retrier) -> Callable[P, T]:
     count_success = retrier.statistics.record_first_success
     explicit = successes.explicit
     state = _hooks.STATE
+    budget = _budget.resolve(retrier.budget)  # the decorator's own: never "default"
 
     def retrying(*args: P.args, **kwargs: P.kwargs) -> T:
         start = (fixed_clock or _timing.clock)()
@@ -114,6 +121,8 @@ def _sync_wrapper(fn: Callable[P, T], retrier: Retrier) -> Callable[P, T]:
             first = exc
         else:
             count_success()
+            if budget is not None:
+                budget.refund()
             if explicit or state.watching:
                 successes.report(start, retrier.clock(), counted=True)
             return result
@@ -129,6 +138,7 @@ def _async_wrapper(fn: Callable[P, Awaitable[T]], retrier: Retrier) -> Callable[
     count_success = retrier.statistics.record_first_success
     explicit = successes.explicit
     state = _hooks.STATE
+    budget = _budget.resolve(retrier.budget)  # the decorator's own: never "default"
 
     # Tasks interleave: the scope must be in the context (a context-variable write).
     async def retrying(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -140,6 +150,8 @@ def _async_wrapper(fn: Callable[P, Awaitable[T]], retrier: Retrier) -> Callable[
             first = exc
         else:
             count_success()
+            if budget is not None:
+                budget.refund()
             if explicit or state.watching:
                 successes.report(scope[STARTED], retrier.clock(), counted=True)
             return result
@@ -168,6 +180,7 @@ def connect_with_retry(
     on: RetryOn | None = None,
     target: str | None = None,
     hooks: Sequence[Hook] | None = None,
+    budget: RetryBudget | None = None,
     **kwargs: Any,
 ) -> T:
     """Call ``factory(*args, **kwargs)`` until it returns a connection, and return it.
@@ -175,10 +188,11 @@ def connect_with_retry(
     ``on=None`` (the default) classifies with the adapter for the error's
     driver (psycopg, redis-py, SQLAlchemy) and treats any other ``OSError`` as
     transient. ``target`` defaults to the factory's name and its first
-    argument, redacted, when that is a string (a URL or DSN).
+    argument, redacted, when that is a string (a URL or DSN). ``budget``: a
+    :class:`~resilient_connect.RetryBudget` the retries take tokens from.
     """
     retrier = _connect_retrier(
-        factory, args, kwargs, policy=policy, on=on, target=target, hooks=hooks
+        factory, args, kwargs, policy=policy, on=on, target=target, hooks=hooks, budget=budget
     )
     return retrier.call(lambda _attempt: factory(*args, **kwargs))
 
@@ -191,6 +205,7 @@ async def aconnect_with_retry(
     on: RetryOn | None = None,
     target: str | None = None,
     hooks: Sequence[Hook] | None = None,
+    budget: RetryBudget | None = None,
     **kwargs: Any,
 ) -> T:
     """Await ``factory(*args, **kwargs)`` until it returns a connection, and return it.
@@ -199,7 +214,7 @@ async def aconnect_with_retry(
     so cancelling the task ends the wait at once.
     """
     retrier = _connect_retrier(
-        factory, args, kwargs, policy=policy, on=on, target=target, hooks=hooks
+        factory, args, kwargs, policy=policy, on=on, target=target, hooks=hooks, budget=budget
     )
     return await retrier.acall(lambda _attempt: factory(*args, **kwargs))
 
@@ -213,6 +228,7 @@ def _connect_retrier(
     on: RetryOn | None,
     target: str | None,
     hooks: Sequence[Hook] | None,
+    budget: RetryBudget | None,
 ) -> Retrier:
     from ._redact import redact, secret_values
 
@@ -227,6 +243,7 @@ def _connect_retrier(
         target=target,
         hooks=hooks,
         secrets=secrets,
+        budget=budget,
     )
 
 

@@ -4,7 +4,9 @@ Code that connects with resilient_connect waits between attempts; your tests
 should not. :func:`instant_waits` replaces the engine's default clock and
 sleeps with a virtual clock that jumps forward instead of sleeping, for every
 retrying call that was not given its own ``clock``/``sleep``/``asleep``.
-Deadlines still apply, in virtual time, so a test of "gives up after 60 s"
+Retry budgets are unlimited meanwhile (one test's retries must not starve the
+next test's), and the default logging hook writes every line at once instead
+of aggregating them. Deadlines still apply, in virtual time, so a test of "gives up after 60 s"
 runs in microseconds.
 
 As a context manager::
@@ -32,7 +34,7 @@ it once around the test.
 
 from __future__ import annotations
 
-from . import _timing
+from . import _budget, _timing
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -54,6 +56,7 @@ class VirtualWaits:
         self.sleeps: list[float] = []
         self._offset = 0.0
         self._saved: tuple[object, object, object] | None = None
+        self._saved_budgets = False
 
     @property
     def total(self) -> float:
@@ -86,6 +89,8 @@ class VirtualWaits:
         _timing.clock = self.clock
         _timing.sleep = self.sleep
         _timing.asleep = self.asleep
+        self._saved_budgets = _budget.UNLIMITED
+        _budget.UNLIMITED = True
         return self
 
     def __exit__(
@@ -96,6 +101,7 @@ class VirtualWaits:
     ) -> None:
         assert self._saved is not None
         _timing.clock, _timing.sleep, _timing.asleep = self._saved  # type: ignore[assignment]
+        _budget.UNLIMITED = self._saved_budgets
         self._saved = None
 
 

@@ -23,11 +23,13 @@ MODULES = [
 NO_IO = {
     "classify",
     "collect_statistics",
+    "default_budget",
     "default_hooks",
     "is_transient",
     "log_event",
     "redact",
     "retry",
+    "set_default_budget",
     "set_default_hooks",
 }
 # Twins not spelled with the "a" prefix (SQLAlchemy's own naming is kept).

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from psycopg.abc import AdaptContext, ConnParam
     from psycopg.rows import AsyncRowFactory, RowFactory, TupleRow
 
+    from .._budget import RetryBudget
     from .._engine import Attempt
     from .._events import Hook
 
@@ -52,6 +53,7 @@ def connect_with_retry(
     *,
     policy: Backoff | None = None,
     hooks: Sequence[Hook] | None = None,
+    budget: RetryBudget | None = None,
     autocommit: bool = False,
     prepare_threshold: int | None = 5,
     context: AdaptContext | None = None,
@@ -67,6 +69,7 @@ def connect_with_retry(
     *,
     policy: Backoff | None = None,
     hooks: Sequence[Hook] | None = None,
+    budget: RetryBudget | None = None,
     autocommit: bool = False,
     prepare_threshold: int | None = 5,
     context: AdaptContext | None = None,
@@ -81,6 +84,7 @@ def connect_with_retry(
     *,
     policy: Backoff | None = None,
     hooks: Sequence[Hook] | None = None,
+    budget: RetryBudget | None = None,
     **kwargs: Any,
 ) -> Connection[Any]:
     """Connect like ``psycopg.connect(conninfo, **kwargs)``, retrying transient failures.
@@ -92,6 +96,8 @@ def connect_with_retry(
             The deadline bounds every attempt too (see the module docstring).
         hooks: called with each :class:`~resilient_connect.Event`; ``None``
             for the default logging hook, ``()`` for none.
+        budget: a :class:`~resilient_connect.RetryBudget` the retries take
+            tokens from (``None``: none).
         kwargs: passed to psycopg: ``autocommit``, ``row_factory``,
             ``prepare_threshold``, ``context``, ``cursor_factory`` and libpq
             parameters (``host``, ``password``, ``connect_timeout``, ...).
@@ -106,7 +112,7 @@ def connect_with_retry(
     quotes masked.
     """
     call = _Call(conninfo, kwargs)
-    retrier = call.retrier(policy, hooks)
+    retrier = call.retrier(policy, hooks, budget)
     if call.parse_error is not None:
         return retrier.call(call.fail)
     return retrier.call(call.attempt)
@@ -118,6 +124,7 @@ async def aconnect_with_retry(
     *,
     policy: Backoff | None = None,
     hooks: Sequence[Hook] | None = None,
+    budget: RetryBudget | None = None,
     autocommit: bool = False,
     prepare_threshold: int | None = 5,
     context: AdaptContext | None = None,
@@ -133,6 +140,7 @@ async def aconnect_with_retry(
     *,
     policy: Backoff | None = None,
     hooks: Sequence[Hook] | None = None,
+    budget: RetryBudget | None = None,
     autocommit: bool = False,
     prepare_threshold: int | None = 5,
     context: AdaptContext | None = None,
@@ -147,6 +155,7 @@ async def aconnect_with_retry(
     *,
     policy: Backoff | None = None,
     hooks: Sequence[Hook] | None = None,
+    budget: RetryBudget | None = None,
     **kwargs: Any,
 ) -> AsyncConnection[Any]:
     """Connect like ``await psycopg.AsyncConnection.connect(...)``, retrying transient failures.
@@ -156,7 +165,7 @@ async def aconnect_with_retry(
     attempt at once.
     """
     call = _Call(conninfo, kwargs)
-    retrier = call.retrier(policy, hooks)
+    retrier = call.retrier(policy, hooks, budget)
     if call.parse_error is not None:
         return await retrier.acall(call.afail)
     return await retrier.acall(call.aattempt)
@@ -186,8 +195,14 @@ class _Call:
         self.user_timeout = _user_timeout(params.get("connect_timeout"))
         self.hosts = host_count(params.get("host") or params.get("hostaddr"))
 
-    def retrier(self, policy: Backoff | None, hooks: Sequence[Hook] | None) -> Retrier:
+    def retrier(
+        self,
+        policy: Backoff | None,
+        hooks: Sequence[Hook] | None,
+        budget: RetryBudget | None = None,
+    ) -> Retrier:
         return Retrier(
+            budget=budget,
             policy=policy,
             classify=classify,
             target=self.target,

@@ -30,6 +30,7 @@ import weakref
 
 import psycopg
 
+from .._budget import explicit_budget
 from .._classify import Verdict
 from .._engine import Retrier
 from .._policy import Backoff
@@ -39,10 +40,11 @@ from ._connect import _Call
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
-    from typing import Any
+    from typing import Any, Literal
 
     from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
+    from .._budget import RetryBudget
     from .._engine import Attempt
     from .._events import Hook
 
@@ -69,6 +71,7 @@ def create_pool(
     policy: Backoff | None = None,
     reconnect: Backoff | None = None,
     hooks: Sequence[Hook] | None = None,
+    budget: RetryBudget | Literal["default"] | None = "default",
     **pool_kwargs: Any,
 ) -> ConnectionPool[Any]:
     """An opened ``psycopg_pool.ConnectionPool`` once the server answers; see the module doc.
@@ -81,6 +84,10 @@ def create_pool(
             ``None`` for :data:`DEFAULT_POOL_RECONNECT` (until the pool is closed).
         hooks: event callbacks for both policies; ``None`` logs on the
             ``resilient_connect`` logger, ``()`` is silent.
+        budget: the :class:`~resilient_connect.RetryBudget` the pool's
+            reconnects share (``"default"``:
+            :func:`~resilient_connect.default_budget`; ``None``: none). Given a
+            budget of your own, the start-up wait takes its retries from it too.
         pool_kwargs: passed to ``ConnectionPool`` (``kwargs``, ``min_size``,
             ``max_size``, ``connection_class``, ``reconnect_failed``,
             ``reconnect_timeout``, ``configure``...). ``open`` is not accepted:
@@ -95,8 +102,8 @@ def create_pool(
 
     setup = _Setup(conninfo, pool_kwargs, hooks, psycopg.Connection)
     started = time.monotonic()
-    setup.retrier(policy).call(setup.startup_attempt).close()
-    connection_class = setup.reconnecting_class(reconnect)
+    setup.retrier(policy, explicit_budget(budget)).call(setup.startup_attempt).close()
+    connection_class = setup.reconnecting_class(reconnect, budget)
     user_callback = pool_kwargs.pop("reconnect_failed", None)
 
     def reconnect_failed(pool: ConnectionPool[Any]) -> None:
@@ -129,6 +136,7 @@ async def acreate_pool(
     policy: Backoff | None = None,
     reconnect: Backoff | None = None,
     hooks: Sequence[Hook] | None = None,
+    budget: RetryBudget | Literal["default"] | None = "default",
     **pool_kwargs: Any,
 ) -> AsyncConnectionPool[Any]:
     """An opened ``psycopg_pool.AsyncConnectionPool``: the async twin of :func:`create_pool`.
@@ -141,9 +149,9 @@ async def acreate_pool(
 
     setup = _Setup(conninfo, pool_kwargs, hooks, psycopg.AsyncConnection)
     started = time.monotonic()
-    first = await setup.retrier(policy).acall(setup.astartup_attempt)
+    first = await setup.retrier(policy, explicit_budget(budget)).acall(setup.astartup_attempt)
     await first.close()
-    connection_class = setup.reconnecting_class(reconnect)
+    connection_class = setup.reconnecting_class(reconnect, budget)
     user_callback = pool_kwargs.pop("reconnect_failed", None)
 
     async def reconnect_failed(pool: AsyncConnectionPool[Any]) -> None:
@@ -224,8 +232,15 @@ class _Setup:
         pool = self.pool_ref()
         return pool is not None and bool(pool.closed)
 
-    def retrier(self, policy: Backoff | None, *, reconnecting: bool = False) -> Retrier:
+    def retrier(
+        self,
+        policy: Backoff | None,
+        budget: RetryBudget | Literal["default"] | None,
+        *,
+        reconnecting: bool = False,
+    ) -> Retrier:
         return Retrier(
+            budget=budget,
             policy=policy,
             classify=self._classify_reconnect if reconnecting else classify,
             target=self.call.target,
@@ -282,11 +297,13 @@ class _Setup:
         return await call.aattempt(attempt, connect)
 
     # ------------------------------------------------------------------ the pool's class
-    def reconnecting_class(self, reconnect: Backoff | None) -> type[Any]:
+    def reconnecting_class(
+        self, reconnect: Backoff | None, budget: RetryBudget | Literal["default"] | None
+    ) -> type[Any]:
         """A subclass of the connection class whose ``connect`` retries under ``reconnect``."""
         setup = self
         retrier = self.retrier(
-            DEFAULT_POOL_RECONNECT if reconnect is None else reconnect, reconnecting=True
+            DEFAULT_POOL_RECONNECT if reconnect is None else reconnect, budget, reconnecting=True
         )
         base = self.base
         is_async = issubclass(base, psycopg.AsyncConnection)

@@ -37,8 +37,9 @@ from . import _rules as _redis_rules
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
-    from typing import Any, TypeVar
+    from typing import Any, Literal, TypeVar
 
+    from .._budget import RetryBudget
     from .._events import Hook
     from .._policy import RandomSource
 
@@ -147,6 +148,7 @@ class _BridgeCore:
         target: str,
         hooks: Sequence[Hook] | None,
         secrets: Sequence[str],
+        budget: RetryBudget | Literal["default"] | None,
     ) -> None:
         self.policy = policy
         self.retrier = Retrier(
@@ -159,6 +161,7 @@ class _BridgeCore:
             owns_retries=True,
             # Every command goes through the bridge: only commands that failed are news.
             report_successes=False,
+            budget=budget,
         )
 
     def retrier_target(self) -> str:
@@ -214,9 +217,14 @@ class _Failures:
 
 
 def _make_core(
-    policy: Backoff | None, target: str, hooks: Sequence[Hook] | None, secrets: Sequence[str]
+    policy: Backoff | None,
+    target: str,
+    hooks: Sequence[Hook] | None,
+    secrets: Sequence[str],
+    budget: RetryBudget | Literal["default"] | None,
 ) -> _BridgeCore:
-    return _BridgeCore(DEFAULT_RUNTIME_POLICY if policy is None else policy, target, hooks, secrets)
+    runtime = DEFAULT_RUNTIME_POLICY if policy is None else policy
+    return _BridgeCore(runtime, target, hooks, secrets, budget)
 
 
 class BridgeRetry(redis.retry.Retry):
@@ -311,6 +319,7 @@ def runtime_retry(
     target: str = "redis",
     hooks: Sequence[Hook] | None = None,
     secrets: Sequence[str] = (),
+    budget: RetryBudget | Literal["default"] | None = "default",
 ) -> redis.retry.Retry:
     """A ``redis.retry.Retry`` for sync clients that waits with ``policy``.
 
@@ -319,8 +328,11 @@ def runtime_retry(
     :data:`DEFAULT_RUNTIME_POLICY` (at most 10 s per command). ``target`` names
     the server in events and logs (a URL is redacted); ``hooks`` as everywhere
     (``None``: log; ``()``: silent); ``secrets`` are extra strings to scrub.
+    ``budget``: the :class:`~resilient_connect.RetryBudget` the retries of
+    every command take tokens from (``"default"``:
+    :func:`~resilient_connect.default_budget`; ``None``: none).
     """
-    return BridgeRetry(_make_core(policy, target, hooks, secrets))
+    return BridgeRetry(_make_core(policy, target, hooks, secrets, budget))
 
 
 def aruntime_retry(
@@ -329,6 +341,7 @@ def aruntime_retry(
     target: str = "redis",
     hooks: Sequence[Hook] | None = None,
     secrets: Sequence[str] = (),
+    budget: RetryBudget | Literal["default"] | None = "default",
 ) -> redis.asyncio.retry.Retry:
     """The asyncio twin of :func:`runtime_retry`: a ``redis.asyncio.retry.Retry``."""
-    return AsyncBridgeRetry(_make_core(policy, target, hooks, secrets))
+    return AsyncBridgeRetry(_make_core(policy, target, hooks, secrets, budget))

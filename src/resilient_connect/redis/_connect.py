@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import redis
 import redis.asyncio
@@ -12,6 +12,7 @@ import redis.backoff
 import redis.retry
 import redis.sentinel
 
+from .._budget import explicit_budget
 from .._engine import Retrier
 from .._policy import Backoff
 from .._redact import secret_values
@@ -25,6 +26,7 @@ from ._sentinel import AsyncSentinelConnection, SentinelConnection
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, MutableMapping, Sequence
 
+    from .._budget import RetryBudget
     from .._engine import Attempt
     from .._events import Hook
 
@@ -120,6 +122,7 @@ def _with_runtime_retry(
     hooks: Sequence[Hook] | None,
     secrets: Sequence[str],
     asyncio: bool,
+    budget: RetryBudget | Literal["default"] | None,
 ) -> bool:
     """Put the runtime bridge into ``kwargs``; return ``True`` if the caller brought a ``retry``."""
     if "retry" in kwargs:
@@ -128,7 +131,9 @@ def _with_runtime_retry(
             raise TypeError(msg)
         return True
     make = aruntime_retry if asyncio else runtime_retry
-    kwargs["retry"] = make(runtime_policy, target=target, hooks=hooks, secrets=secrets)
+    kwargs["retry"] = make(
+        runtime_policy, target=target, hooks=hooks, secrets=secrets, budget=budget
+    )
     return False
 
 
@@ -146,7 +151,7 @@ class _Startup:
     retries, so the bridge inside each probe makes a single attempt.
     """
 
-    __slots__ = ("defaults", "kwargs", "secrets", "target", "user_retry")
+    __slots__ = ("budget", "defaults", "kwargs", "secrets", "target", "user_retry")
 
     def __init__(
         self,
@@ -157,12 +162,20 @@ class _Startup:
         *,
         aio: bool,
         extra_secrets: Mapping[str, Any] | None = None,
+        budget: RetryBudget | Literal["default"] | None = "default",
     ) -> None:
         self.target = target
+        self.budget = budget
         self.kwargs = kwargs
         self.secrets = secret_values(kwargs, extra_secrets)
         self.user_retry = _with_runtime_retry(
-            kwargs, runtime_policy, target=target, hooks=hooks, secrets=self.secrets, asyncio=aio
+            kwargs,
+            runtime_policy,
+            target=target,
+            hooks=hooks,
+            secrets=self.secrets,
+            asyncio=aio,
+            budget=budget,
         )
         self.defaults = _driver_defaults(redis.asyncio.connection if aio else redis.connection)
 
@@ -174,6 +187,7 @@ class _Startup:
             hooks=hooks,
             secrets=self.secrets,
             owns_retries=True,
+            budget=explicit_budget(self.budget),
         )
 
     def _user_retry_replacement(self, *, aio: bool) -> object | None:
@@ -283,10 +297,17 @@ class _SentinelStartup(_Startup):
         runtime_policy: Backoff | None,
         hooks: Sequence[Hook] | None,
         aio: bool,
+        budget: RetryBudget | Literal["default"] | None = "default",
     ) -> None:
         target = _sentinel_target(sentinels, service_name)
         super().__init__(
-            target, kwargs, runtime_policy, hooks, aio=aio, extra_secrets=sentinel_kwargs
+            target,
+            kwargs,
+            runtime_policy,
+            hooks,
+            aio=aio,
+            extra_secrets=sentinel_kwargs,
+            budget=budget,
         )
         self.sentinels = sentinels
         self.service_name = service_name
@@ -371,10 +392,11 @@ def _startup(
     hooks: Sequence[Hook] | None,
     *,
     aio: bool,
+    budget: RetryBudget | Literal["default"] | None,
 ) -> _UrlStartup | _FactoryStartup:
     if factory is not None:
-        return _FactoryStartup(factory, url, kwargs, runtime_policy, hooks, aio=aio)
-    return _UrlStartup(url, kwargs, runtime_policy, hooks, aio=aio)
+        return _FactoryStartup(factory, url, kwargs, runtime_policy, hooks, aio=aio, budget=budget)
+    return _UrlStartup(url, kwargs, runtime_policy, hooks, aio=aio, budget=budget)
 
 
 async def _aclose(client: Any) -> None:
@@ -399,6 +421,7 @@ def connect_with_retry(
     hooks: Sequence[Hook] | None = ...,
     runtime_policy: Backoff | None = ...,
     factory: None = ...,
+    budget: RetryBudget | Literal["default"] | None = ...,
     **kwargs: Any,
 ) -> redis.Redis: ...
 
@@ -411,6 +434,7 @@ def connect_with_retry(
     hooks: Sequence[Hook] | None = ...,
     runtime_policy: Backoff | None = ...,
     factory: Callable[..., C],
+    budget: RetryBudget | Literal["default"] | None = ...,
     **kwargs: Any,
 ) -> C: ...
 
@@ -422,6 +446,7 @@ def connect_with_retry(
     hooks: Sequence[Hook] | None = None,
     runtime_policy: Backoff | None = None,
     factory: Callable[..., Any] | None = None,
+    budget: RetryBudget | Literal["default"] | None = "default",
     **kwargs: Any,
 ) -> Any:
     """Wait until Redis at ``url`` answers ``PING``; return the connected client.
@@ -440,6 +465,10 @@ def connect_with_retry(
             Each attempt calls it with ``retry=Retry(NoBackoff(), 0)`` and bounded
             socket timeouts (which the client keeps), pings, then installs the
             runtime ``retry`` with ``client.set_retry()``.
+        budget: the :class:`~resilient_connect.RetryBudget` the runtime
+            bridge's retries take tokens from (``"default"``:
+            :func:`~resilient_connect.default_budget`; ``None``: none). Given a
+            budget of your own, the wait takes its retries from it too.
         kwargs: passed to ``from_url`` (``password=``, ``decode_responses=``,
             ``socket_timeout=``, ``ssl_*``...).
 
@@ -448,7 +477,7 @@ def connect_with_retry(
         redis.exceptions.RedisError, ValueError: a permanent error (wrong
             password, ACL denial, malformed URL), unchanged, after one attempt.
     """
-    startup = _startup(url, factory, kwargs, runtime_policy, hooks, aio=False)
+    startup = _startup(url, factory, kwargs, runtime_policy, hooks, aio=False, budget=budget)
     return startup.retrier(policy, hooks).call(startup.attempt)
 
 
@@ -460,6 +489,7 @@ async def aconnect_with_retry(
     hooks: Sequence[Hook] | None = ...,
     runtime_policy: Backoff | None = ...,
     factory: None = ...,
+    budget: RetryBudget | Literal["default"] | None = ...,
     **kwargs: Any,
 ) -> redis.asyncio.Redis: ...
 
@@ -472,6 +502,7 @@ async def aconnect_with_retry(
     hooks: Sequence[Hook] | None = ...,
     runtime_policy: Backoff | None = ...,
     factory: Callable[..., C],
+    budget: RetryBudget | Literal["default"] | None = ...,
     **kwargs: Any,
 ) -> C: ...
 
@@ -483,6 +514,7 @@ async def aconnect_with_retry(
     hooks: Sequence[Hook] | None = None,
     runtime_policy: Backoff | None = None,
     factory: Callable[..., Any] | None = None,
+    budget: RetryBudget | Literal["default"] | None = "default",
     **kwargs: Any,
 ) -> Any:
     """The asyncio twin of :func:`connect_with_retry`: returns a ``redis.asyncio.Redis``.
@@ -492,7 +524,7 @@ async def aconnect_with_retry(
     (``redis.asyncio.cluster.RedisCluster.from_url``, say); it must not be a
     coroutine function.
     """
-    startup = _startup(url, factory, kwargs, runtime_policy, hooks, aio=True)
+    startup = _startup(url, factory, kwargs, runtime_policy, hooks, aio=True, budget=budget)
     return await startup.retrier(policy, hooks).acall(startup.aattempt)
 
 
@@ -504,6 +536,7 @@ def connect_sentinel_with_retry(
     hooks: Sequence[Hook] | None = None,
     runtime_policy: Backoff | None = None,
     sentinel_kwargs: Mapping[str, Any] | None = None,
+    budget: RetryBudget | Literal["default"] | None = "default",
     **kwargs: Any,
 ) -> redis.Redis:
     """Wait for the sentinels and for a master of ``service_name``; return its client.
@@ -525,6 +558,7 @@ def connect_sentinel_with_retry(
         runtime_policy=runtime_policy,
         hooks=hooks,
         aio=False,
+        budget=budget,
     )
     master: redis.Redis = startup.retrier(policy, hooks).call(startup.attempt)
     return master
@@ -538,6 +572,7 @@ async def aconnect_sentinel_with_retry(
     hooks: Sequence[Hook] | None = None,
     runtime_policy: Backoff | None = None,
     sentinel_kwargs: Mapping[str, Any] | None = None,
+    budget: RetryBudget | Literal["default"] | None = "default",
     **kwargs: Any,
 ) -> redis.asyncio.Redis:
     """The asyncio twin of :func:`connect_sentinel_with_retry` (``redis.asyncio.sentinel``)."""
@@ -549,6 +584,7 @@ async def aconnect_sentinel_with_retry(
         runtime_policy=runtime_policy,
         hooks=hooks,
         aio=True,
+        budget=budget,
     )
     master: redis.asyncio.Redis = await startup.retrier(policy, hooks).acall(startup.aattempt)
     return master

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy
 
+from .._budget import explicit_budget
 from .._engine import Retrier
 from .._policy import Backoff
 from .._redact import secret_values
@@ -12,11 +13,12 @@ from ._classify import classify
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from typing import Any
+    from typing import Any, Literal
 
     from sqlalchemy.engine import URL, Engine
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from .._budget import RetryBudget
     from .._engine import Attempt
     from .._events import Hook
     from ._heal import Healer
@@ -43,6 +45,7 @@ def create_engine(
     reconnect: Backoff | None = None,
     lazy: bool = False,
     hooks: Sequence[Hook] | None = None,
+    budget: RetryBudget | Literal["default"] | None = "default",
     **kwargs: Any,
 ) -> Engine:
     """Create an ``Engine`` like :func:`sqlalchemy.create_engine`, once the database answers.
@@ -58,6 +61,10 @@ def create_engine(
             the first connection then waits under ``reconnect``.
         hooks: event callbacks for both policies; ``None`` logs on the
             ``resilient_connect`` logger, ``()`` is silent.
+        budget: the :class:`~resilient_connect.RetryBudget` the reconnects
+            share (``"default"``: :func:`~resilient_connect.default_budget`;
+            ``None``: none). Given a budget of your own, the start-up wait
+            takes its retries from it too.
         **kwargs: everything :func:`sqlalchemy.create_engine` accepts, passed
             through (``pool_size``, ``echo``, ``connect_args``, ``creator``...).
             ``pool_pre_ping`` defaults to ``True``.
@@ -76,7 +83,7 @@ def create_engine(
     parsed = sqlalchemy.make_url(url)
     if parsed.get_backend_name() in _PLAIN_DIALECTS:
         return sqlalchemy.create_engine(url, **kwargs)
-    startup = _Startup(parsed, reconnect, hooks, kwargs, is_async=False)
+    startup = _Startup(parsed, reconnect, hooks, kwargs, budget, is_async=False)
     engine = startup.installed(sqlalchemy.create_engine(url, **kwargs))
     if lazy:
         return engine
@@ -95,6 +102,7 @@ async def create_async_engine(
     reconnect: Backoff | None = None,
     lazy: bool = False,
     hooks: Sequence[Hook] | None = None,
+    budget: RetryBudget | Literal["default"] | None = "default",
     **kwargs: Any,
 ) -> AsyncEngine:
     """Create an ``AsyncEngine`` like :func:`sqlalchemy.ext.asyncio.create_async_engine`.
@@ -111,7 +119,7 @@ async def create_async_engine(
     parsed = sqlalchemy.make_url(url)
     if parsed.get_backend_name() in _PLAIN_DIALECTS:
         return sa_create_async_engine(url, **kwargs)
-    startup = _Startup(parsed, reconnect, hooks, kwargs, is_async=True)
+    startup = _Startup(parsed, reconnect, hooks, kwargs, budget, is_async=True)
     engine = sa_create_async_engine(url, **kwargs)
     startup.installed(engine.sync_engine)
     if lazy:
@@ -135,7 +143,7 @@ class _Startup:
     its retries: the healer inside each attempt makes a single connect.
     """
 
-    __slots__ = ("healer", "secrets", "target", "wrapped")
+    __slots__ = ("budget", "healer", "secrets", "target", "wrapped")
 
     def __init__(
         self,
@@ -143,12 +151,14 @@ class _Startup:
         reconnect: Backoff | None,
         hooks: Sequence[Hook] | None,
         kwargs: dict[str, Any],
+        budget: RetryBudget | Literal["default"] | None,
         *,
         is_async: bool,
     ) -> None:
         self.healer, self.target, self.secrets = _healer(
-            url, reconnect, hooks, kwargs, is_async=is_async
+            url, reconnect, hooks, kwargs, budget, is_async=is_async
         )
+        self.budget = budget
         self.wrapped = self.healer.wrap_creators(kwargs) if self.healer is not None else False
 
     def installed(self, engine: Engine) -> Engine:
@@ -165,6 +175,7 @@ class _Startup:
             hooks=hooks,
             secrets=self.secrets,
             owns_retries=True,
+            budget=explicit_budget(self.budget),
         )
 
     def attempt(self, engine: Engine, attempt: Attempt) -> None:
@@ -207,6 +218,7 @@ def _healer(
     reconnect: Backoff | None,
     hooks: Sequence[Hook] | None,
     kwargs: dict[str, Any],
+    budget: RetryBudget | Literal["default"] | None,
     *,
     is_async: bool,
 ) -> tuple[Healer | None, str, list[str]]:
@@ -231,6 +243,7 @@ def _healer(
         hooks=hooks,
         secrets=secrets,
         is_async=is_async,
+        budget=budget,
     )
     return healer, target, secrets
 

@@ -42,12 +42,13 @@ from .._postgres._libpq import connect_timeout, host_count, worst_case
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, MutableMapping, Sequence
-    from typing import Any, TypeVar
+    from typing import Any, Literal, TypeVar
 
     from sqlalchemy.engine import Dialect, Engine
     from sqlalchemy.engine.interfaces import DBAPIConnection
     from sqlalchemy.pool import ConnectionPoolEntry
 
+    from .._budget import RetryBudget
     from .._classify import Classifier
     from .._engine import Attempt
     from .._events import Hook
@@ -85,6 +86,7 @@ class Healer:
         hooks: Sequence[Hook] | None,
         secrets: Sequence[str],
         is_async: bool,
+        budget: RetryBudget | Literal["default"] | None = None,
     ) -> None:
         self._async = is_async
         self._retrier = Retrier(
@@ -96,6 +98,7 @@ class Healer:
             # Inside SQLAlchemy's greenlet an asyncio engine must not block the loop.
             sleep=_greenlet_sleep if is_async else None,
             reraise=True,
+            budget=budget,
         )
         self._timeout_param: str | None = None
         self._dialect: Dialect | None = None
@@ -262,6 +265,7 @@ class Healer:
             hooks=self._retrier.hooks,
             secrets=self._retrier.secrets,
             reraise=True,
+            budget=self._retrier.budget,
         )
 
         async def connect_once(attempt: Attempt) -> T:
