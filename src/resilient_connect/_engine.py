@@ -169,7 +169,8 @@ class Retrier:
         while failure is not None:
             delay = run.failed(failure)
             failure = None
-            sleep(delay)
+            if delay > 0:  # time.sleep(0) is a system call (60-90 us here)
+                sleep(delay)
             attempt = run.next_attempt()
             try:
                 result = fn(attempt)
@@ -291,7 +292,7 @@ class _Run:
         if policy.attempts is not None and self.attempt >= policy.attempts:
             reason = "attempts"
         else:
-            delay = policy.delay(self.attempt - 1, self.previous, self.rng)
+            delay = policy.delay(self.attempt - 1, self.previous, self.rng, verdict.cost)
             if self.deadline is not None and now + delay >= self.deadline:
                 left = self.deadline - now
                 if self.last_call or left < LAST_CALL_MINIMUM:
