@@ -70,6 +70,7 @@ class Run:
     accepts: list[float] = field(default_factory=list)  # at the proxy
     back: list[float] = field(default_factory=list)  # when each client held a connection
     failures: int = 0
+    late_rules: dict[str, int] = field(default_factory=dict)  # failures after ready - 1 s
 
     def bins(self, stamps: list[float], until: float) -> list[int]:
         counts = [0] * (int(until / BIN) + 1)
@@ -99,10 +100,13 @@ class Recorder:
     def __init__(self, origin: float) -> None:
         self.origin = origin
         self.stamps: list[float] = []
+        self.rules: list[tuple[float, str]] = []
 
     def __call__(self, event: rc.Event) -> None:
         if isinstance(event, (rc.RetryScheduled, rc.GaveUp)):
-            self.stamps.append(time.monotonic() - self.origin)
+            now = time.monotonic() - self.origin
+            self.stamps.append(now)
+            self.rules.append((now, event.rule))
 
 
 def _mirror(server: PostgresServer, proxy: FaultProxy, stop: threading.Event) -> None:
@@ -186,6 +190,9 @@ def real_herd(
         stop.set()
         mirror.join()
         run.attempts = sorted(recorder.stamps)
+        for stamp, rule in recorder.rules:
+            if stamp >= run.ready - 1.0:
+                run.late_rules[rule] = run.late_rules.get(rule, 0) + 1
         run.accepts = sorted(stamp - origin for stamp in proxy.accept_times())
     return run
 
@@ -236,6 +243,9 @@ def report(runs: list[Run], title: str, baseline: str = "none") -> list[str]:
             f"| {run.label} | {peak} | {ratio:.1f}x lower | {run.early_retries()} | "
             f"{run.all_back():.2f} | {median:.2f} | {len(run.attempts)} | {run.failures} |"
         )
+    seen = [f"{r.label}: {r.late_rules}" for r in runs if r.late_rules]
+    if seen:
+        lines += ["", "failed attempts from 1 s before ready on, by rule: " + "; ".join(seen)]
     return lines
 
 
@@ -256,6 +266,7 @@ def plot(groups: list[tuple[str, list[Run]]], where: Path) -> None:
         ax.set_title(title, fontsize=9)
         ax.set_ylabel("attempts / 100 ms")
         ax.set_yscale("symlog", linthresh=10)
+        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=3)
     axes_list = axes if len(groups) > 1 else [axes]

@@ -29,6 +29,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import random
 import socket
@@ -392,9 +393,9 @@ def report(
     header = (
         "| strategy | "
         + " | ".join(f"S = {late:g} s real" + (" | model" if with_model else "") for late in lates)
-        + " | attempts/s |"
+        + " | all S real | attempts/s |"
     )
-    lines += [header, "| --- |" + " --- |" * (len(lates) * (2 if with_model else 1) + 1)]
+    lines += [header, "| --- |" + " --- |" * (len(lates) * (2 if with_model else 1) + 2)]
     for name in strategies:
         cells = []
         rates = []
@@ -409,7 +410,8 @@ def report(
                     else "-"
                 )
         rate = f"{statistics.median(rates):.2f}" if rates else "-"
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {rate} |")
+        pooled = describe([s.lag for s in results.samples if s.strategy == name])
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {pooled} | {rate} |")
     return lines
 
 
@@ -475,6 +477,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=10)
     parser.add_argument("--plots", type=Path, default=ROOT / "docs" / "img")
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--json", type=Path, default=None, help="write every sample here")
     options = parser.parse_args(argv)
     quick = options.quick
     lates = options.late or ([0.5] if quick else [2.0, 10.0, 30.0])
@@ -482,6 +485,7 @@ def main(argv: list[str] | None = None) -> None:
     clients = options.clients or (2 if quick else 6)
     draws = 500 if quick else options.draws
     socket.socket.connect = _counting_connect  # type: ignore[method-assign]
+    logging.getLogger("stamina").setLevel(logging.ERROR)  # one warning per retry otherwise
     load = os.getloadavg()
     print(
         f"readylag: {os.cpu_count()} cores, load {load[0]:.2f} {load[1]:.2f}; "

@@ -90,7 +90,7 @@ class Backoff:
     each wait is depends on what the failure cost the server:
 
     * nothing (connection refused, no route, name not resolvable yet): the
-      next attempt follows after ``probe`` seconds +/- 50% (0.45 s), whatever
+      next attempt follows after ``probe`` seconds +/- 50% (0.4 s), whatever
       the attempt number, so a server is noticed about 0.25 s after it starts
       listening;
     * a server process (starting up, recovering, too many connections,
@@ -124,7 +124,7 @@ class Backoff:
     attempts: int | None = None
     timeout: float | None = 60.0
     jitter: Jitter = "full"
-    probe: float | None = 0.45
+    probe: float | None = 0.4
 
     if TYPE_CHECKING:
 

@@ -40,7 +40,7 @@ def test_psycopg_refusals_are_probed_at_the_steady_pace(free_port: int) -> None:
     # The last wait may be the engine's "last call" (half the time left).
     for rule, delay in waits.retries[:-1]:
         assert rule == "pg:refused"
-        assert 0.225 <= delay <= 0.675
+        assert 0.2 <= delay <= 0.6
 
 
 def test_psycopg_starting_up_waits_at_least_a_second(
@@ -70,7 +70,7 @@ def test_redis_refusals_are_free(free_port: int) -> None:
     assert len(waits.retries) >= 2
     for rule, delay in waits.retries[:-1]:
         assert rule == "redis:connection"
-        assert 0.225 <= delay <= 0.675
+        assert 0.2 <= delay <= 0.6
 
 
 def test_redis_loading_is_paced(redis_server: RedisServer, fault_proxy: MakeProxy) -> None:

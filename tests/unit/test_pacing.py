@@ -150,9 +150,9 @@ def test_free_failures_probe_at_a_steady_pace() -> None:
 def test_free_probe_modes() -> None:
     """'none' is lock-step, a float sets the spread, the cap still caps."""
     rng = random.Random(1)
-    assert Backoff(jitter="none").delay(9, 0.1, rng, "free") == 0.45
+    assert Backoff(jitter="none").delay(9, 0.1, rng, "free") == 0.4
     narrow = [Backoff(jitter=0.1).delay(3, 0.1, rng, "free") for _ in range(500)]
-    assert 0.405 <= min(narrow) <= max(narrow) <= 0.495
+    assert 0.36 <= min(narrow) <= max(narrow) <= 0.44
     capped = [Backoff(maximum=0.3).delay(3, 0.1, rng, "free") for _ in range(500)]
     assert max(capped) <= 0.3
 
@@ -264,7 +264,7 @@ def _run(errors: list[Exception], policy: Backoff) -> FakeTime:
 def test_engine_passes_the_verdict_cost_to_the_policy() -> None:
     """Refusals are probed at the steady pace, resets back off as before."""
     refusals = _run([ConnectionRefusedError() for _ in range(8)], Backoff(jitter="none"))
-    assert refusals.sleeps == [0.45] * 8
+    assert refusals.sleeps == [0.4] * 8
     resets = _run([ConnectionResetError() for _ in range(4)], Backoff(jitter="none"))
     assert resets.sleeps == [0.1, 0.2, 0.4, 0.8]
 
