@@ -569,6 +569,14 @@ def main(argv: list[str] | None = None) -> None:
             f"{statistics.median(windows) * 1e3:.0f} ms, max {max(windows) * 1e3:.0f} ms over "
             f"{len(windows)} starts; launch -> ready median {statistics.median(starts):.3f} s"
         )
+    if options.json:
+        import json
+
+        raw = {
+            "PostgreSQL": [vars(x) for x in pg_results.samples],
+            "Redis": [vars(x) for x in redis_results.samples],
+        }
+        options.json.write_text(json.dumps(raw, indent=1))
     ours = [
         s.lag for s in pg_results.samples + redis_results.samples if s.strategy == "ours (default)"
     ]
