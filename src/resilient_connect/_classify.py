@@ -6,6 +6,12 @@ rule* matched, so that logs can tell "retrying: server is starting up" from
 "not retrying: password authentication failed". Both become a function
 ``Exception -> Verdict``.
 
+A verdict also says what the failed attempt *cost the server*, when that is
+known (:data:`Cost`): a refused connect costs it nothing (the kernel answers),
+a "starting up" or "too many connections" answer costs it a process and a
+handshake. The policy paces the next attempt by that (see
+:meth:`resilient_connect.Backoff.delay`).
+
 Only ``Exception`` subclasses ever reach a classifier: ``KeyboardInterrupt``,
 ``SystemExit``, ``GeneratorExit`` and ``asyncio.CancelledError`` derive from
 ``BaseException`` alone and are never caught, whatever ``on`` says.
@@ -13,13 +19,16 @@ Only ``Exception`` subclasses ever reach a classifier: ``KeyboardInterrupt``,
 
 from __future__ import annotations
 
+import errno
+
 from ._values import value
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import TypeAlias
+    from typing import Literal, TypeAlias
 
+    Cost: TypeAlias = Literal["free", "server", "unknown"]
     RetryOn: TypeAlias = (
         type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
     )
@@ -37,11 +46,16 @@ class Verdict:
             ``NotRetried`` event: for errors that are not the retry loop's
             business at all (an application error passing through a client's
             runtime retry, say).
+        cost: what the failed attempt cost the server: ``"free"`` (the kernel
+            or the network answered: refused, no route, name not resolvable
+            yet), ``"server"`` (a server process handled it: starting up, too
+            many connections, loading) or ``"unknown"``.
     """
 
     transient: bool
     rule: str
     report: bool = True
+    cost: Cost = "unknown"
 
 
 def classifier_for(on: RetryOn | None) -> Classifier:
@@ -68,10 +82,13 @@ def classifier_for(on: RetryOn | None) -> Classifier:
 def _by_types(types: tuple[type[BaseException], ...]) -> Classifier:
     names = ", ".join(t.__qualname__ for t in types)
     match = Verdict(transient=True, rule=f"on=({names})")
+    free = Verdict(transient=True, rule=match.rule, cost="free")
     miss = Verdict(transient=False, rule=f"not on=({names})")
 
     def classify(exc: Exception) -> Verdict:
-        return match if isinstance(exc, types) else miss
+        if not isinstance(exc, types):
+            return miss
+        return free if cost_of(exc) == "free" else match
 
     return classify
 
@@ -79,10 +96,13 @@ def _by_types(types: tuple[type[BaseException], ...]) -> Classifier:
 def _by_predicate(predicate: Callable[[BaseException], bool]) -> Classifier:
     name = getattr(predicate, "__qualname__", None) or type(predicate).__qualname__
     match = Verdict(transient=True, rule=f"{name}() is true")
+    free = Verdict(transient=True, rule=match.rule, cost="free")
     miss = Verdict(transient=False, rule=f"{name}() is false")
 
     def classify(exc: Exception) -> Verdict:
-        return match if predicate(exc) else miss
+        if not predicate(exc):
+            return miss
+        return free if cost_of(exc) == "free" else match
 
     return classify
 
@@ -144,5 +164,40 @@ def os_error_verdict(exc: BaseException) -> Verdict | None:
     classifier that meets an ``OSError`` outside its driver's own classes uses this.
     """
     if isinstance(exc, OSError):
-        return Verdict(transient=True, rule=f"os-error:{type(exc).__name__}")
+        return Verdict(transient=True, rule=f"os-error:{type(exc).__name__}", cost=cost_of(exc))
     return None
+
+
+# errno values meaning "no server process saw this attempt": the local kernel or a
+# router answered (refused: nothing listens; unreachable: no route yet).
+_FREE_ERRNOS = frozenset(
+    {
+        getattr(errno, name)
+        for name in ("ECONNREFUSED", "EHOSTUNREACH", "ENETUNREACH", "EADDRNOTAVAIL")
+        if hasattr(errno, name)
+    }
+)
+
+
+def cost_of(exc: BaseException) -> Cost:
+    """``"free"`` if ``exc`` (or an error it was raised from) says no server process saw it.
+
+    That is a refused connect, an unreachable host or network, or a host name
+    that does not resolve (yet): the kernel, a router or the resolver answered.
+    Drivers that wrap the ``OSError`` (redis-py raises its ``ConnectionError``
+    while handling it) are followed through ``__cause__`` / ``__context__``, a
+    few links deep. Everything else is ``"unknown"``: only a classification
+    rule knows that an answer came from the server itself.
+    """
+    seen: BaseException | None = exc
+    for _ in range(3):
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and (
+            seen.errno in _FREE_ERRNOS
+            or isinstance(seen, ConnectionRefusedError)
+            or type(seen).__name__ == "gaierror"  # socket.gaierror, without importing socket
+        ):
+            return "free"
+        seen = seen.__cause__ or seen.__context__
+    return "unknown"

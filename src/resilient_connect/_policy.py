@@ -10,6 +10,14 @@ shaped so that the result still lies within ``[0, maximum]``. This keeps the
 spread at the cap: peers that all reached the cap still wait different times,
 so they do not reconnect in lock-step (the thundering herd comes back when a
 library clamps *after* jitter and most delays collapse onto the cap).
+
+The delay also depends on what the failed attempt cost the server (the
+verdict's ``cost``, see :mod:`resilient_connect._classify`): a refused connect
+is answered by the kernel, so probing again soon costs the server nothing and
+notices it within a fraction of a second once it listens; an answer from a
+server process (starting up, too many connections) is paced to at most one
+attempt a second, backing off while such answers repeat. The numbers behind
+the defaults are in ``docs/policies.md`` and ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
     from typing import Literal, Protocol, TypeAlias
 
+    from ._classify import Cost
+
     JitterMode: TypeAlias = Literal["none", "full", "equal", "decorrelated"]
     Jitter: TypeAlias = JitterMode | float
 
@@ -35,6 +45,14 @@ if TYPE_CHECKING:
 
 JITTER_MODES = ("none", "full", "equal", "decorrelated")
 DECORRELATED_FACTOR = 3.0
+#: Seconds at least between two attempts whose failures cost the server a process
+#: ("starting up", "too many connections", "loading"): at most one a second per client.
+SERVER_PAUSE = 1.0
+#: Spread of the probe pace (+/- this fraction) unless the policy's jitter says otherwise.
+PROBE_SPREAD = 0.5
+#: First server pause drawn up to this factor above ``SERVER_PAUSE``, so that clients
+#: turned away together (too many connections) do not come back together.
+SERVER_SPREAD = 1.5
 ENV_PREFIX = "RESILIENT_CONNECT_"
 _UNBOUNDED_WORDS = frozenset({"none", "null", "unlimited", "inf", "infinite", "forever"})
 
@@ -65,11 +83,21 @@ def _check_number(field: str, number: object, *, minimum: float, strict: bool = 
 class Backoff:
     """How long to wait between attempts, and when to stop.
 
-    All durations are in seconds. The defaults retry for at most 60 seconds,
-    with delays growing from 0.1 s by a factor of 2 up to 5 s, fully jittered:
+    All durations are in seconds. The defaults retry for at most 60 seconds:
     long enough to ride out a database that is starting (1-4 s), a crash
     recovery (often 10-20 s) or Redis loading a dataset, short enough that a
-    misconfigured service fails within a minute instead of hanging.
+    misconfigured service fails within a minute instead of hanging. How long
+    each wait is depends on what the failure cost the server:
+
+    * nothing (connection refused, no route, name not resolvable yet): the
+      next attempt follows after ``probe`` seconds +/- 50% (0.4 s), whatever
+      the attempt number, so a server is noticed about 0.25 s after it starts
+      listening;
+    * a server process (starting up, recovering, too many connections,
+      loading): at least 1 s (``SERVER_PAUSE``, at most ``maximum``), growing
+      by ``multiplier`` up to ``maximum`` while such answers repeat;
+    * not known (timeouts, lost connections, errors matched by your ``on=``):
+      delays growing from 0.1 s by a factor of 2 up to 5 s, fully jittered.
 
     Attributes:
         initial: delay before the second attempt, before jitter. ``>= 0``.
@@ -81,6 +109,10 @@ class Backoff:
             none. No sleep and no new attempt starts past it.
         jitter: ``"none"``, ``"full"``, ``"equal"``, ``"decorrelated"``, or a
             float ``f`` in ``[0, 1]`` for proportional jitter of +/- ``f``.
+        probe: seconds between attempts after failures that cost the server
+            nothing (``> 0``), or ``None`` to back off from every failure alike
+            (no pacing by cost at all). Applies only without an ``attempts``
+            limit: a count of attempts is spent by the backoff, as before.
 
     ``attempts=None, timeout=None`` retries until the caller is cancelled; it is
     allowed, but only when both are passed explicitly.
@@ -92,6 +124,7 @@ class Backoff:
     attempts: int | None = None
     timeout: float | None = 60.0
     jitter: Jitter = "full"
+    probe: float | None = 0.4
 
     if TYPE_CHECKING:
 
@@ -104,6 +137,7 @@ class Backoff:
             attempts: int | None = ...,
             timeout: float | None = ...,
             jitter: Jitter = ...,
+            probe: float | None = ...,
         ) -> Backoff:
             """Return a copy with some fields changed, validated again."""
 
@@ -123,6 +157,8 @@ class Backoff:
                 self, "timeout", _check_number("timeout", self.timeout, minimum=0, strict=True)
             )
         set_field(self, "jitter", _check_jitter(self.jitter))
+        if self.probe is not None:
+            set_field(self, "probe", _check_number("probe", self.probe, minimum=0, strict=True))
         if self.jitter == "decorrelated" and self.initial == 0:
             raise PolicyError("jitter", "'decorrelated' needs initial > 0 (it grows from initial)")
 
@@ -138,7 +174,8 @@ class Backoff:
 
         One variable per field, named ``prefix + FIELD`` in upper case, for example
         ``RESILIENT_CONNECT_TIMEOUT=30``. ``ATTEMPTS`` and ``TIMEOUT`` accept
-        ``none`` (or ``unlimited``) for no limit. Unset or empty variables are
+        ``none`` (or ``unlimited``) for no limit, ``PROBE`` accepts ``none``
+        (or ``off``) for no pacing by cost. Unset or empty variables are
         ignored. A bad value raises ``ValueError`` naming the variable.
         """
         source = os.environ if environ is None else environ
@@ -160,12 +197,25 @@ class Backoff:
             msg = f"{variable}={source[variable]!r}: {error}"
             raise ValueError(msg) from None
 
-    def delay(self, retry: int, previous: float, rng: RandomSource) -> float:
+    def delay(
+        self, retry: int, previous: float, rng: RandomSource, cost: Cost = "unknown"
+    ) -> float:
         """Return the wait before attempt ``retry + 2``.
 
         ``retry`` counts from 0 (the wait after the first failure); ``previous``
-        is the delay returned last time (ignored except by ``decorrelated``).
+        is the delay returned last time (used by ``decorrelated`` and by the
+        server pause, which grows from it). ``cost`` is what the failure cost
+        the server (the verdict's ``cost``); with ``probe=None`` it is ignored.
         """
+        if cost != "unknown" and self.probe is not None:
+            if cost == "server":
+                return self._server_pause(previous, rng)
+            if self.attempts is None:
+                return self._probe_delay(rng)
+        return self._backoff(retry, previous, rng)
+
+    def _backoff(self, retry: int, previous: float, rng: RandomSource) -> float:
+        """The wait after a failure of unknown cost: capped exponential, then jitter."""
         jitter = self.jitter
         if jitter == "decorrelated":
             # min(): a hard cap despite float rounding in lower + (upper - lower) * draw.
@@ -187,8 +237,44 @@ class Backoff:
         # (one ulp, or more for subnormal caps) so that the cap is a hard guarantee.
         return min(self.maximum, proportional_jitter(centre, jitter, rng.random()))
 
-    def delays(self, rng: RandomSource | None = None) -> Iterator[float]:
-        """Yield the waits between attempts, in order.
+    def _probe_delay(self, rng: RandomSource) -> float:
+        """The wait after a failure that cost the server nothing: ``probe`` +/- a spread.
+
+        The spread is the float jitter if one is set, 0 for ``"none"`` (lock-step,
+        for comparison) and :data:`PROBE_SPREAD` otherwise. A narrow band beats
+        full jitter here: for the same attempt rate, regular probes leave less
+        time between "the server listens" and "the next probe" (half the pace on
+        average, against two thirds of it for ``uniform(0, 2 * probe)``).
+        """
+        assert self.probe is not None  # checked by delay()
+        jitter = self.jitter
+        if jitter == "none":
+            return min(self.maximum, self.probe)
+        spread = jitter if isinstance(jitter, float) else PROBE_SPREAD
+        centre = min(self.probe, self.maximum / (1 + spread))
+        return min(self.maximum, proportional_jitter(centre, spread, rng.random()))
+
+    def _server_pause(self, previous: float, rng: RandomSource) -> float:
+        """The wait after a failure that cost the server a process.
+
+        At least :data:`SERVER_PAUSE` (or ``maximum`` if smaller). The first such
+        wait after others aims at the pause itself; while they repeat, each aims
+        at ``multiplier`` times the last one, up to ``maximum``. ``"none"`` waits
+        exactly that aim, a float jitter spreads it by +/- the float, other
+        modes draw from ``[pause, 1.5 * aim]``.
+        """
+        floor = min(SERVER_PAUSE, self.maximum)
+        aim = floor if previous < floor else min(self.maximum, previous * self.multiplier)
+        jitter = self.jitter
+        if jitter == "none":
+            return aim
+        if isinstance(jitter, float):
+            return min(self.maximum, max(floor, proportional_jitter(aim, jitter, rng.random())))
+        upper = min(self.maximum, SERVER_SPREAD * aim)
+        return min(upper, floor + (upper - floor) * rng.random())
+
+    def delays(self, rng: RandomSource | None = None, *, cost: Cost = "unknown") -> Iterator[float]:
+        """Yield the waits between attempts, in order, if every failure costs ``cost``.
 
         There are ``attempts - 1`` of them, or an endless stream when
         ``attempts`` is ``None``. ``timeout`` is not applied here: it depends on
@@ -202,7 +288,7 @@ class Backoff:
         previous = self.initial
         retry = 0
         while self.attempts is None or retry < self.attempts - 1:
-            previous = self.delay(retry, previous, rng)
+            previous = self.delay(retry, previous, rng, cost)
             yield previous
             retry += 1
 
@@ -275,13 +361,15 @@ def _parse_env(field: str, variable: str, raw: str) -> object:
             return lowered if lowered in JITTER_MODES else float(raw)
         if field in {"attempts", "timeout"} and lowered in _UNBOUNDED_WORDS:
             return None
+        if field == "probe" and lowered in _UNBOUNDED_WORDS | {"off"}:
+            return None
         if field == "attempts":
             return int(raw)
         return float(raw)
     except ValueError:
         kind = "an integer" if field == "attempts" else "a number"
         msg = f"{variable}={raw!r}: expected {kind}"
-        if field in {"attempts", "timeout"}:
+        if field in {"attempts", "timeout", "probe"}:
             msg += " or 'none'"
         if field == "jitter":
             msg = f"{variable}={raw!r}: expected one of {', '.join(JITTER_MODES)} or a number"

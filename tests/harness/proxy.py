@@ -40,6 +40,8 @@ Mode = Literal["pass_through", "refuse", "blackhole", "reset", "replay"]
 
 #: Connections above this many at once are reset on accept (keeps everything bounded).
 MAX_CONNECTIONS = 256
+#: Accept timestamps kept for :meth:`FaultProxy.accept_times` (the newest ones).
+MAX_ACCEPT_TIMES = 100_000
 #: Bytes buffered per direction before the proxy stops reading from the sender.
 MAX_BUFFER = 4 * 1024 * 1024
 _RECV_SIZE = 65536
@@ -147,6 +149,7 @@ class FaultProxy:
         self._listener: socket.socket | None = None
         self._conns: set[_Conn] = set()
         self._accepted = 0
+        self._accept_times: deque[float] = deque(maxlen=MAX_ACCEPT_TIMES)
         self._commands: queue.SimpleQueue[tuple[Callable[[], object], _Reply]] = queue.SimpleQueue()
         self._stopping = False
         self._error: BaseException | None = None
@@ -197,6 +200,13 @@ class FaultProxy:
     def accepted(self) -> int:
         """How many client connections were accepted so far (all modes)."""
         return self._call(lambda: self._accepted)
+
+    def accept_times(self) -> list[float]:
+        """``time.monotonic()`` of each accepted connection, oldest first (the last 100,000).
+
+        Benchmarks bin these to count connection attempts per interval at the proxy.
+        """
+        return self._call(lambda: list(self._accept_times))
 
     @property
     def active_connections(self) -> int:
@@ -470,6 +480,7 @@ class FaultProxy:
                 continue
             client.setblocking(False)
             self._accepted += 1
+            self._accept_times.append(time.monotonic())
             if self._mode == "reset" or len(self._conns) >= MAX_CONNECTIONS:
                 _abort(client)
                 continue

@@ -348,6 +348,18 @@ def test_proxy_blackhole_never_answers(redis_server: RedisServer, fault_proxy: M
     assert proxy.accepted == 1
 
 
+def test_proxy_records_accept_times(redis_server: RedisServer, fault_proxy: MakeProxy) -> None:
+    """accept_times() has one monotonic timestamp per accepted connection, in order."""
+    proxy = fault_proxy(redis_server.address)
+    before = time.monotonic()
+    for _ in range(3):
+        with _client(proxy.address) as sock:
+            assert _redis_ping_raw(sock) == b"+PONG\r\n"
+    stamps = proxy.accept_times()
+    assert len(stamps) == proxy.accepted == 3
+    assert before <= stamps[0] <= stamps[1] <= stamps[2] <= time.monotonic()
+
+
 def test_proxy_reset_sends_rst(redis_server: RedisServer, fault_proxy: MakeProxy) -> None:
     """reset() accepts and immediately resets: the client's read fails with ECONNRESET."""
     proxy = fault_proxy(redis_server.address)

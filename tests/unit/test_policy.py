@@ -80,7 +80,8 @@ def test_repr_and_pickle_round_trip() -> None:
     """The repr names every field, and pickling keeps equality."""
     policy = Backoff(jitter=0.25, attempts=3)
     assert repr(policy) == (
-        "Backoff(initial=0.1, multiplier=2.0, maximum=5.0, attempts=3, timeout=60.0, jitter=0.25)"
+        "Backoff(initial=0.1, multiplier=2.0, maximum=5.0, attempts=3, timeout=60.0, jitter=0.25, "
+        "probe=0.4)"
     )
     assert pickle.loads(pickle.dumps(policy)) == policy
     assert policy != "Backoff"

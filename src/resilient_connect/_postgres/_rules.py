@@ -38,6 +38,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from .._classify import Cost
+
 
 @value
 class Rule:
@@ -49,6 +51,9 @@ class Rule:
         sqlstates: SQLSTATEs or two-character classes this rule covers.
         phrases: English message fragments; ``…`` matches any text on one line.
         meaning: one line for people: what happened, and why the verdict.
+        cost: what such a failure cost the server (``"free"``: the kernel,
+            a router or the resolver answered; ``"server"``: a server process
+            did), which paces the next attempt.
     """
 
     name: str
@@ -56,11 +61,12 @@ class Rule:
     sqlstates: tuple[str, ...]
     phrases: tuple[str, ...]
     meaning: str
+    cost: Cost = "unknown"
 
     @property
     def verdict(self) -> Verdict:
         """The :class:`~resilient_connect._classify.Verdict` this rule gives."""
-        return Verdict(transient=self.transient, rule=self.name)
+        return Verdict(transient=self.transient, rule=self.name, cost=self.cost)
 
 
 RULES: tuple[Rule, ...] = (
@@ -159,6 +165,7 @@ RULES: tuple[Rule, ...] = (
         sqlstates=(),
         phrases=("Connection refused",),
         meaning="nothing listens on the port yet (server down, starting or restarting)",
+        cost="free",
     ),
     Rule(
         name="pg:unreachable",
@@ -166,6 +173,7 @@ RULES: tuple[Rule, ...] = (
         sqlstates=(),
         phrases=("No route to host", "Network is unreachable", "Host is unreachable"),
         meaning="the network path is not there yet (interfaces and routes come up late)",
+        cost="free",
     ),
     Rule(
         name="pg:timeout",
@@ -186,6 +194,7 @@ RULES: tuple[Rule, ...] = (
         ),
         meaning="the host name does not resolve yet (container DNS registers late; a typo "
         "fails only at the deadline)",
+        cost="free",
     ),
     Rule(
         name="pg:starting-up",
@@ -193,6 +202,7 @@ RULES: tuple[Rule, ...] = (
         sqlstates=("57P03",),
         phrases=("the database system is starting up",),
         meaning="the server is starting",
+        cost="server",
     ),
     Rule(
         name="pg:recovering",
@@ -203,6 +213,7 @@ RULES: tuple[Rule, ...] = (
             "the database system is in recovery mode",
         ),
         meaning="crash recovery or WAL replay is running (can last as long as the replay)",
+        cost="server",
     ),
     Rule(
         name="pg:standby",
@@ -210,6 +221,7 @@ RULES: tuple[Rule, ...] = (
         sqlstates=("57P03",),
         phrases=("the database system is not accepting connections",),
         meaning="a standby with hot_standby=off; ends only on promotion, so the deadline decides",
+        cost="server",
     ),
     Rule(
         name="pg:shutting-down",
@@ -217,6 +229,7 @@ RULES: tuple[Rule, ...] = (
         sqlstates=("57P03",),
         phrases=("the database system is shutting down",),
         meaning="the server is stopping (a restart usually follows)",
+        cost="server",
     ),
     Rule(
         name="pg:too-many-connections",
@@ -228,6 +241,7 @@ RULES: tuple[Rule, ...] = (
             "too many connections for",
         ),
         meaning="every connection slot is taken; one frees when another client disconnects",
+        cost="server",
     ),
     Rule(
         name="pg:out-of-resources",
@@ -235,6 +249,7 @@ RULES: tuple[Rule, ...] = (
         sqlstates=("53000", "53200"),
         phrases=("out of memory", "could not fork new process"),
         meaning="the server could not start a backend for now",
+        cost="server",
     ),
     Rule(
         name="pg:admin-shutdown",
@@ -443,14 +458,19 @@ def phrases_of(rule: Rule) -> tuple[str, ...]:
     return (*rule.phrases, *TRANSLATIONS.get(rule.name, ()))
 
 
-_PATTERNS: dict[str, re.Pattern[str] | None] = {r.name: _compile(phrases_of(r)) for r in RULES}
+# Compiled on first use (a rule's phrases are looked at only when an error reaches it):
+# compiling every table entry, translations included, at import cost milliseconds.
+_PATTERNS: dict[str, re.Pattern[str] | None] = {}
 _PERMANENT = tuple(r for r in RULES if not r.transient)
 _TRANSIENT = tuple(r for r in RULES if r.transient)
 
 
 def matches(rule: Rule, message: str) -> bool:
     """Whether ``message`` contains one of ``rule``'s phrases."""
-    pattern = _PATTERNS.get(rule.name) or _compile(phrases_of(rule))
+    try:
+        pattern = _PATTERNS[rule.name]
+    except KeyError:
+        pattern = _PATTERNS[rule.name] = _compile(phrases_of(rule))
     return pattern is not None and pattern.search(message) is not None
 
 

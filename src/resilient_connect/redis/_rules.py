@@ -19,13 +19,15 @@ when the first error is classified.
 
 from __future__ import annotations
 
-from .._classify import Verdict, os_error_verdict
+from .._classify import Verdict, cost_of, os_error_verdict
 from .._values import value
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from types import ModuleType
+
+    from .._classify import Cost
 
 
 @value
@@ -37,12 +39,16 @@ class Rule:
         transient: ``True`` if another attempt may succeed.
         matches: what the rule matches, in words (rendered in the docs).
         why: the reason for the verdict, in words (rendered in the docs).
+        cost: what such a failure cost the server (``"server"``: the server
+            itself answered; ``"free"``: the resolver did). For the rest, the
+            error decides: a refused connect inside a ``ConnectionError`` is free.
     """
 
     name: str
     transient: bool
     matches: str
     why: str
+    cost: Cost = "unknown"
 
 
 # Message fragments (lower case) that identify a state regardless of the
@@ -268,6 +274,7 @@ _TABLE: tuple[tuple[Rule, Callable[[BaseException, ModuleType], bool]], ...] = (
             transient=True,
             matches="BusyLoadingError; LOADING replies",
             why="the server is reading its dataset into memory",
+            cost="server",
         ),
         _is_loading,
     ),
@@ -277,6 +284,7 @@ _TABLE: tuple[tuple[Rule, Callable[[BaseException, ModuleType], bool]], ...] = (
             transient=True,
             matches="'max number of clients reached'",
             why="another client may disconnect",
+            cost="server",
         ),
         _is_max_clients,
     ),
@@ -295,6 +303,7 @@ _TABLE: tuple[tuple[Rule, Callable[[BaseException, ModuleType], bool]], ...] = (
             transient=True,
             matches="MasterDownError; MASTERDOWN replies",
             why="a replica lost its master during a failover",
+            cost="server",
         ),
         _is_master_down,
     ),
@@ -304,6 +313,7 @@ _TABLE: tuple[tuple[Rule, Callable[[BaseException, ModuleType], bool]], ...] = (
             transient=True,
             matches="ReadOnlyError; READONLY replies",
             why="the address still points at a demoted master during a failover",
+            cost="server",
         ),
         _is_readonly,
     ),
@@ -331,6 +341,7 @@ _TABLE: tuple[tuple[Rule, Callable[[BaseException, ModuleType], bool]], ...] = (
             transient=True,
             matches="ClusterDownError (CLUSTERDOWN), TryAgainError (TRYAGAIN)",
             why="slots are being assigned or migrated",
+            cost="server",
         ),
         _is_cluster_down,
     ),
@@ -358,6 +369,7 @@ _TABLE: tuple[tuple[Rule, Callable[[BaseException, ModuleType], bool]], ...] = (
             transient=True,
             matches="ConnectionError 'Name or service not known' / 'Temporary failure'",
             why="a container name may not be registered yet (bounded by the policy)",
+            cost="free",
         ),
         _is_name_resolution,
     ),
@@ -406,7 +418,14 @@ RULES: tuple[Rule, ...] = tuple(rule for rule, _ in _TABLE)
 # redis-py was told to retry (``retry_on_error``) and that lands here is retried.
 FALLBACK_RULES = frozenset({"redis:response-error", "redis:other"})
 
-_VERDICTS = {rule.name: Verdict(transient=rule.transient, rule=rule.name) for rule in RULES}
+_VERDICTS = {
+    rule.name: Verdict(transient=rule.transient, rule=rule.name, cost=rule.cost) for rule in RULES
+}
+_FREE_VERDICTS = {
+    rule.name: Verdict(transient=True, rule=rule.name, cost="free")
+    for rule in RULES
+    if rule.transient and rule.cost == "unknown"
+}
 
 
 def classify(exc: BaseException) -> Verdict:
@@ -415,6 +434,9 @@ def classify(exc: BaseException) -> Verdict:
 
     for rule, predicate in _TABLE:
         if predicate(exc, rx):
+            free = _FREE_VERDICTS.get(rule.name)
+            if free is not None and cost_of(exc) == "free":
+                return free
             return _VERDICTS[rule.name]
     raise AssertionError("unreachable: the last rule matches everything")  # pragma: no cover
 
