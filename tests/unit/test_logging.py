@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import sys
 import textwrap
@@ -11,6 +12,9 @@ import pytest
 
 import resilient_connect as rc
 from resilient_connect.testing import instant_waits
+
+# Every line on the stderr fallback starts with a UTC timestamp.
+STAMP = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z "
 
 
 def failing_then_ok(failures: int) -> object:
@@ -110,6 +114,8 @@ def test_visible_on_stderr_without_logging_configuration() -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == 3
+    assert all(re.match(STAMP, line) for line in lines), lines
+    lines = [re.sub(STAMP, "", line) for line in lines]
     assert lines[0].startswith(
         "resilient_connect WARNING: redis://:***@cache:6379/0: attempt 1 failed:"
     )
@@ -148,6 +154,8 @@ def test_fallback_in_process_without_handlers(
     )
     monkeypatch.setattr(logger, "disabled", True)
     rc.log_event(rc.Recovered(target="hidden", attempt=2, elapsed=1.5, exception=None, cause=""))
-    assert capsys.readouterr().err == (
+    err = capsys.readouterr().err
+    assert re.match(STAMP, err)
+    assert re.sub(STAMP, "", err) == (
         "resilient_connect INFO: redis://:***@h: succeeded on attempt 2 after 1.50s\n"
     )

@@ -1,0 +1,175 @@
+"""The retry budget: token arithmetic, sharing under threads and tasks, and the engine's use."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import resilient_connect as rc
+from resilient_connect import _budget
+from resilient_connect.testing import instant_waits
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    capacity=st.floats(1, 1000),
+    cost=st.floats(0.1, 50),
+    refund=st.floats(0, 10),
+    steps=st.lists(st.sampled_from(["spend", "refund"]), max_size=200),
+)
+def test_tokens_stay_within_the_bucket(
+    capacity: float, cost: float, refund: float, steps: list[str]
+) -> None:
+    """Whatever the order of retries and successes, 0 <= tokens <= capacity, and a retry is
+    allowed exactly when a whole retry's worth of tokens is there."""
+    budget = rc.RetryBudget(capacity=capacity, retry_cost=cost, success_refund=refund)
+    expected = capacity
+    for step in steps:
+        if step == "spend":
+            allowed = budget.spend()
+            assert allowed == (expected >= cost)
+            if allowed:
+                expected -= cost
+        else:
+            budget.refund()
+            expected = min(capacity, expected + refund)
+        assert budget.tokens == pytest.approx(expected)
+        assert 0 <= budget.tokens <= capacity
+
+
+def test_threads_never_spend_more_than_the_bucket_holds() -> None:
+    """16 threads spending at once get exactly capacity / cost retries between them."""
+    budget = rc.RetryBudget(capacity=1000, retry_cost=5, success_refund=1)
+    granted: list[int] = []
+    start = threading.Barrier(16)
+
+    def spend_all() -> None:
+        start.wait()
+        granted.append(sum(budget.spend() for _ in range(100)))
+
+    threads = [threading.Thread(target=spend_all) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(granted) == 200
+    assert budget.tokens == 0
+
+
+async def test_tasks_share_one_budget() -> None:
+    """Retrying tasks draw from one bucket: the budget ends them, the first attempts still run."""
+    budget = rc.RetryBudget(capacity=50, retry_cost=5, success_refund=1)
+    attempts = 0
+
+    async def fast(_seconds: float) -> None:
+        await asyncio.sleep(0)
+
+    @rc.retry(
+        on=ConnectionError,
+        policy=rc.Backoff(timeout=None, attempts=None),
+        hooks=(),
+        budget=budget,
+        asleep=fast,
+    )
+    async def work() -> None:
+        nonlocal attempts
+        attempts += 1
+        raise ConnectionRefusedError(111, "refused")
+
+    outcomes = await asyncio.gather(*(work() for _ in range(20)), return_exceptions=True)
+    assert all(isinstance(o, rc.RetryExhausted) and o.reason == "budget" for o in outcomes)
+    assert attempts == 20 + 10  # every first attempt, and the 10 retries the bucket held
+    assert "retry budget exhausted" in str(outcomes[0])
+
+
+def test_successes_refill_and_time_refills() -> None:
+    """A success gives success_refund back; refill_per_second adds tokens with time."""
+    time = FakeTime()
+    budget = rc.RetryBudget(
+        capacity=10, retry_cost=5, success_refund=1, refill_per_second=2, clock=time.clock
+    )
+    assert budget.spend()
+    assert budget.spend()
+    assert not budget.spend()
+    budget.refund()
+    assert budget.tokens == pytest.approx(1)
+    time.now += 2.0
+    assert budget.tokens == pytest.approx(5)
+    assert budget.retries_left == 1
+    time.now += 100
+    assert budget.tokens == pytest.approx(10)
+
+
+def test_first_attempts_are_never_blocked() -> None:
+    """An empty budget still lets every call try once; the call then gives up as "budget"."""
+    time = FakeTime()
+    budget = rc.RetryBudget(capacity=5, retry_cost=5)
+    assert budget.spend()
+    calls = 0
+
+    @rc.retry(on=ConnectionError, hooks=(), budget=budget, clock=time.clock, sleep=time.sleep)
+    def work() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionRefusedError(111, "refused")
+        return "ok"
+
+    with pytest.raises(rc.RetryExhausted) as caught:
+        work()
+    assert calls == 1
+    assert caught.value.reason == "budget"
+    assert work() == "ok"  # the next call's first attempt goes through, and refunds
+    assert budget.tokens == pytest.approx(1)
+
+
+def test_validation_names_the_field() -> None:
+    """Bad sizes are refused at construction with the field's name."""
+    with pytest.raises(ValueError, match=r"RetryBudget\.capacity"):
+        rc.RetryBudget(capacity=0)
+    with pytest.raises(ValueError, match=r"RetryBudget\.retry_cost"):
+        rc.RetryBudget(retry_cost=-1)
+    with pytest.raises(ValueError, match=r"RetryBudget\.success_refund"):
+        rc.RetryBudget(success_refund=float("nan"))
+    with pytest.raises(TypeError):
+        rc.set_default_budget("off")  # type: ignore[arg-type]
+
+
+def test_default_budget_can_be_replaced_and_turned_off() -> None:
+    """set_default_budget swaps the process-wide budget; None turns it off."""
+    original = rc.default_budget()
+    assert original is not None
+    assert original.capacity == 500
+    try:
+        mine = rc.RetryBudget(capacity=10)
+        rc.set_default_budget(mine)
+        assert rc.default_budget() is mine
+        assert _budget.resolve("default") is mine
+        rc.set_default_budget(None)
+        assert _budget.resolve("default") is None
+    finally:
+        rc.set_default_budget(original)
+
+
+def test_instant_waits_makes_budgets_unlimited() -> None:
+    """Under instant_waits a budget never stops a retry."""
+    budget = rc.RetryBudget(capacity=5, retry_cost=5)
+    with instant_waits():
+        assert all(budget.spend() for _ in range(100))
+    assert budget.spend()
+    assert not budget.spend()
