@@ -78,6 +78,25 @@ def _call(callback: Callable[[], None]) -> Exception | None:
     return None
 
 
+@pytest.fixture(autouse=True)
+def _fresh_process_state() -> Iterator[None]:
+    """Each test starts with a full process-wide retry budget and no outage in the log hook.
+
+    Both are process-wide by design (every loop of a process shares them); a test that
+    drained the budget must not make a later test's reconnects give up early.
+    """
+    import resilient_connect as rc
+
+    saved = rc.default_budget()
+    rc.set_default_budget(rc.RetryBudget(refill_per_second=1.0))
+    rc.log_event.reset()
+    try:
+        yield
+    finally:
+        rc.set_default_budget(saved)
+        rc.log_event.reset()
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     """A running cluster shared by the session; do not stop or reconfigure it."""

@@ -74,7 +74,7 @@ if TYPE_CHECKING:
     from typing import Any, Literal, NoReturn, TypeVar
 
     from ._budget import RetryBudget
-    from ._classify import Classifier, Verdict
+    from ._classify import Classifier, Cost, Verdict
     from ._errors import GiveUpReason
     from ._events import Event, Hook
     from ._policy import RandomSource
@@ -88,11 +88,12 @@ if TYPE_CHECKING:
 _UNKNOWN = object()
 
 
-def refund(budget: RetryBudget | Literal["default"]) -> None:
-    """A call succeeded at once: its budget (``"default"``: the process-wide one) gets tokens."""
+def refund(budget: RetryBudget | Literal["default"], target: str) -> None:
+    """A call to ``target`` succeeded at once: its budget (``"default"``: the process-wide
+    one) gets tokens back, and no loop holds back for the target any more."""
     resolved = _budget.resolve(budget)
     if resolved is not None:
-        resolved.refund()
+        resolved.succeeded(target)
 
 
 class Attempt:
@@ -281,7 +282,7 @@ class Retrier:
             first = exc
         else:
             if self.budget is not None:
-                refund(self.budget)
+                refund(self.budget, self.target)
             if self.successes is not None and not inside_owner(scope):
                 self.successes.report(scope[STARTED], scope[CLOCK])
             return result
@@ -315,9 +316,15 @@ class Retrier:
             if on_failure is not None:
                 on_failure(failure)
             delay = run.failed(scope, failure)
+            last = failure if run.budget is not None else None  # for a "budget" give-up
             failure = None
             if delay > 0:  # time.sleep(0) is a system call (60-90 us here)
                 sleep(delay)
+            while (hold := run.held()) is not None:  # another loop just found it down
+                sleep(hold)
+            if last is not None:
+                run.spend(last)
+                last = None
             scope = run.next_scope()
             token = enter(scope)
             try:
@@ -360,7 +367,7 @@ class Retrier:
             first = exc
         else:
             if self.budget is not None:
-                refund(self.budget)
+                refund(self.budget, self.target)
             if self.successes is not None and not inside_owner(scope):
                 self.successes.report(scope[STARTED], scope[CLOCK])
             return result
@@ -388,9 +395,15 @@ class Retrier:
                 if hasattr(outcome, "__await__"):
                     await outcome
             delay = run.failed(scope, failure)
+            last = failure if run.budget is not None else None  # for a "budget" give-up
             failure = None
             if delay > 0:
                 await asleep(delay)
+            while (hold := run.held()) is not None:  # another loop just found it down
+                await asleep(hold)
+            if last is not None:
+                run.spend(last)
+                last = None
             scope = run.next_scope()
             token = enter(scope)
             try:
@@ -412,7 +425,9 @@ class _Run:
         "call",
         "classify",
         "clock",
+        "cost",
         "deadline",
+        "duration",
         "hooks",
         "last_call",
         "number",
@@ -423,6 +438,7 @@ class _Run:
         "redactor",
         "retrier",
         "rng",
+        "rule",
         "start",
         "tallies",
     )
@@ -453,6 +469,9 @@ class _Run:
         self.call = Call() if self.hooks else None
         self.attempt_start = self.start
         self.budget = None if self.once else _budget.resolve(retrier.budget)
+        self.cost: Cost = "unknown"
+        self.rule = ""
+        self.duration = 0.0
 
     def _redactor(self) -> Redactor:
         if self.redactor is None:
@@ -518,8 +537,11 @@ class _Run:
                     # with up to `maximum` seconds of the window unused.
                     delay = left / 2
                     self.last_call = True
-        if reason is None and self.budget is not None and not self.budget.spend():
-            reason = "budget"  # first attempts never need a token; retries do
+        if self.budget is not None:
+            self.budget.failed(retrier.target, id(self))
+        self.cost = verdict.cost
+        self.rule = verdict.rule
+        self.duration = duration
         if reason is not None:
             self._give_up(exc, verdict.rule, reason, now - self.start, duration)
         if self.tallies:
@@ -540,6 +562,35 @@ class _Run:
                     rule=verdict.rule,
                 )
             )
+        return delay
+
+    def spend(self, last: Exception) -> None:
+        """Take a token for the retry about to be made; give up (``"budget"``) if short.
+
+        First attempts never need one. A retry made just after another loop
+        sharing the budget succeeded with the target is free: the server answers
+        again, and loops coming back together must not starve each other.
+        """
+        budget = self.budget
+        assert budget is not None
+        if budget.is_down(self.retrier.target) and not budget.spend():
+            elapsed = self.clock() - self.start
+            self._give_up(last, self.rule, "budget", elapsed, self.duration)
+
+    def held(self) -> float | None:
+        """A wait instead of the next attempt, while the budget holds this loop back.
+
+        Another loop sharing the budget found the target down a moment ago: this
+        loop waits one more of its own delays, without an attempt, a token or an
+        event; ``None`` when it may try now (no hold, or no time for another wait).
+        """
+        budget = self.budget
+        if budget is None or not budget.holds(self.retrier.target, id(self)):
+            return None
+        delay = self.retrier.policy.delay(self.number - 1, self.previous, self.rng, self.cost)
+        if self.deadline is not None and self.clock() + delay >= self.deadline:
+            return None
+        self.previous = delay
         return delay
 
     def _not_retried(
@@ -615,7 +666,7 @@ class _Run:
 
     def recovered(self) -> None:
         if self.budget is not None:
-            self.budget.refund()
+            self.budget.succeeded(self.retrier.target, retried=True)
         if self.tallies:
             self._tally(None, "success")
         if self.hooks:

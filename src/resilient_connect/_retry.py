@@ -112,6 +112,7 @@ def _sync_wrapper(fn: Callable[P, T], retrier: Retrier) -> Callable[P, T]:
     explicit = successes.explicit
     state = _hooks.STATE
     budget = _budget.resolve(retrier.budget)  # the decorator's own: never "default"
+    target = retrier.target
 
     def retrying(*args: P.args, **kwargs: P.kwargs) -> T:
         start = (fixed_clock or _timing.clock)()
@@ -122,7 +123,7 @@ def _sync_wrapper(fn: Callable[P, T], retrier: Retrier) -> Callable[P, T]:
         else:
             count_success()
             if budget is not None:
-                budget.refund()
+                budget.succeeded(target)
             if explicit or state.watching:
                 successes.report(start, retrier.clock(), counted=True)
             return result
@@ -139,6 +140,7 @@ def _async_wrapper(fn: Callable[P, Awaitable[T]], retrier: Retrier) -> Callable[
     explicit = successes.explicit
     state = _hooks.STATE
     budget = _budget.resolve(retrier.budget)  # the decorator's own: never "default"
+    target = retrier.target
 
     # Tasks interleave: the scope must be in the context (a context-variable write).
     async def retrying(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -151,7 +153,7 @@ def _async_wrapper(fn: Callable[P, Awaitable[T]], retrier: Retrier) -> Callable[
         else:
             count_success()
             if budget is not None:
-                budget.refund()
+                budget.succeeded(target)
             if explicit or state.watching:
                 successes.report(scope[STARTED], retrier.clock(), counted=True)
             return result

@@ -173,3 +173,102 @@ def test_instant_waits_makes_budgets_unlimited() -> None:
         assert all(budget.spend() for _ in range(100))
     assert budget.spend()
     assert not budget.spend()
+
+
+async def test_loops_sharing_a_budget_share_what_they_learn() -> None:
+    """While one loop just found the target down, the others' retries wait for their next
+    turn: no attempt, no token, no event; a success lets everyone try again at once."""
+    budget = rc.RetryBudget(capacity=1000, retry_cost=5, hold=0.1)
+    attempts: list[float] = []
+    events: list[rc.Event] = []
+    clock = asyncio.get_running_loop().time
+    back_at = clock() + 0.6
+
+    @rc.retry(
+        on=ConnectionError,
+        policy=rc.Backoff(initial=0.01, maximum=0.02, timeout=10, probe=None, jitter="none"),
+        hooks=[events.append],
+        budget=budget,
+        target="db",
+    )
+    async def work() -> str:
+        attempts.append(clock())
+        if clock() < back_at:
+            raise ConnectionRefusedError(111, "refused")
+        return "ok"
+
+    assert await asyncio.gather(*(work() for _ in range(30))) == ["ok"] * 30
+    during = [t for t in attempts if t < back_at]
+    # Without sharing: 30 loops x 0.6 s / 0.02 s = about 900 attempts; with it, about one
+    # attempt per hold (0.1 s) besides the 30 first ones.
+    assert len(during) < 30 + 30
+    retries = [e for e in events if isinstance(e, rc.RetryScheduled)]
+    assert len(retries) == len(during)  # a hold is not an attempt and sends no event
+    # Failed retries took 5 tokens each; the successful retries gave theirs back.
+    assert budget.tokens == pytest.approx(1000)
+    assert max(attempts) - back_at < 0.2  # everyone came back within a few waits
+
+
+def test_a_lone_loop_is_not_held_back_by_its_own_failures() -> None:
+    """Only other loops' failures hold a retry back."""
+    time = FakeTime()
+    budget = rc.RetryBudget(hold=10.0, clock=time.clock)
+    calls = 0
+
+    @rc.retry(
+        on=ConnectionError,
+        policy=rc.Backoff(initial=0.01, jitter="none", probe=None),
+        hooks=(),
+        budget=budget,
+        clock=time.clock,
+        sleep=time.sleep,
+    )
+    def work() -> str:
+        nonlocal calls
+        calls += 1
+        if calls < 4:
+            raise ConnectionRefusedError(111, "refused")
+        return "ok"
+
+    assert work() == "ok"
+    assert calls == 4
+    assert time.now == pytest.approx(0.01 + 0.02 + 0.04)
+
+
+def test_only_failed_retries_drain_the_bucket() -> None:
+    """A retry that succeeds gives its cost back, and a retry made after another loop's
+    success with the same target costs nothing."""
+    time = FakeTime()
+    budget = rc.RetryBudget(capacity=100, retry_cost=10, success_refund=0, clock=time.clock)
+    budget.failed("db", loop=1)
+    assert budget.spend()
+    assert budget.tokens == pytest.approx(90)
+    budget.succeeded("db", retried=True)
+    assert budget.tokens == pytest.approx(100)
+    assert not budget.is_down("db")
+    while budget.spend():  # empty it: a charged retry would now give up
+        pass
+    attempts = 0
+
+    def other_loop_succeeds(seconds: float) -> None:
+        time.sleep(seconds)
+        budget.succeeded("db")  # ...until another loop reached it while we waited
+
+    @rc.retry(
+        on=ConnectionError,
+        hooks=(),
+        budget=budget,
+        clock=time.clock,
+        sleep=other_loop_succeeds,
+        target="db",
+    )
+    def work() -> str:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            budget.failed("db", loop=2)  # another loop's failure: the target is down...
+            raise ConnectionRefusedError(111, "refused")
+        return "ok"
+
+    assert work() == "ok"
+    assert attempts == 2

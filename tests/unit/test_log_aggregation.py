@@ -146,7 +146,7 @@ def test_budget_give_ups_are_logged_once_per_outage(caplog: pytest.LogCaptureFix
     caplog.set_level(logging.INFO, logger="resilient_connect")
     time = FakeTime()
     hook = LogEvents(summary_interval=5.0, clock=time.clock)
-    budget = rc.RetryBudget(capacity=10, retry_cost=5, success_refund=1)
+    budget = rc.RetryBudget(capacity=10, retry_cost=5, success_refund=1, clock=time.clock)
 
     @rc.retry(
         on=ConnectionError,
