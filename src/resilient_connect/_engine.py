@@ -88,6 +88,11 @@ if TYPE_CHECKING:
 _UNKNOWN = object()
 
 
+def _is_timeout(rule: str) -> bool:
+    """Whether a rule names a timeout (``pg:timeout``, ``os-error:TimeoutError``...)."""
+    return "timeout" in rule.lower()
+
+
 def refund(budget: RetryBudget | Literal["default"], target: str) -> None:
     """A call to ``target`` succeeded at once: its budget (``"default"``: the process-wide
     one) gets tokens back, and no loop holds back for the target any more."""
@@ -441,6 +446,7 @@ class _Run:
         "rule",
         "start",
         "tallies",
+        "telling",
     )
 
     def __init__(self, retrier: Retrier, first: list[Any], classify: Classifier | None) -> None:
@@ -472,6 +478,9 @@ class _Run:
         self.cost: Cost = "unknown"
         self.rule = ""
         self.duration = 0.0
+        # The latest error that was not a timeout (type name, message), for a give-up
+        # on a cut-off attempt.
+        self.telling: tuple[str, str] | None = None
 
     def _redactor(self) -> Redactor:
         if self.redactor is None:
@@ -537,11 +546,7 @@ class _Run:
                     # with up to `maximum` seconds of the window unused.
                     delay = left / 2
                     self.last_call = True
-        if self.budget is not None:
-            self.budget.failed(retrier.target, id(self))
-        self.cost = verdict.cost
-        self.rule = verdict.rule
-        self.duration = duration
+        self._note(exc, verdict, duration)
         if reason is not None:
             self._give_up(exc, verdict.rule, reason, now - self.start, duration)
         if self.tallies:
@@ -563,6 +568,16 @@ class _Run:
                 )
             )
         return delay
+
+    def _note(self, exc: Exception, verdict: Verdict, duration: float) -> None:
+        """Remember a transient failure: for the budget, the pace, a later give-up."""
+        if self.budget is not None:
+            self.budget.failed(self.retrier.target, id(self))
+        self.cost = verdict.cost
+        self.rule = verdict.rule
+        self.duration = duration
+        if not _is_timeout(verdict.rule):
+            self.telling = (type(exc).__qualname__, str(exc))  # redacted if ever shown
 
     def spend(self, last: Exception) -> None:
         """Take a token for the retry about to be made; give up (``"budget"``) if short.
@@ -629,6 +644,12 @@ class _Run:
         # A nested loop's RetryExhausted already says what went wrong: name its cause.
         last = exc.last_exception if isinstance(exc, RetryExhausted) else exc
         cause = redactor.describe(last)
+        if self.telling is not None and _is_timeout(rule):
+            # The last attempt was cut off (at the deadline, say): what earlier attempts
+            # reported says more about why the call failed.
+            earlier = redactor.describe_text(*self.telling)
+            if earlier != cause:
+                cause = f"{cause}; earlier attempts: {earlier}"
         if reason == "deadline":
             # Our time ran out because an enclosing call's did: none of the calls up to
             # that one must try again.

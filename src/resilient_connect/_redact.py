@@ -175,10 +175,13 @@ class Redactor:
 
     def describe(self, exc: BaseException) -> str:
         """One line naming the exception type and its (scrubbed) message."""
-        message = " ".join(str(exc).split())
+        return self.describe_text(type(exc).__qualname__, str(exc))
+
+    def describe_text(self, name: str, text: str) -> str:
+        """:meth:`describe` for an error known by its type name and message only."""
+        message = " ".join(text.split())
         if len(message) > _MAX_CAUSE_LENGTH:
             message = message[: _MAX_CAUSE_LENGTH - 3] + "..."
-        name = type(exc).__qualname__
         return self.scrub(f"{name}: {message}" if message else name)
 
 

@@ -657,3 +657,36 @@ def test_unreported_verdicts_and_per_call_classifier() -> None:
         )
     assert caught.value is application_error
     assert [type(e) for e in events] == [rc.RetryScheduled]
+
+
+def test_give_up_on_a_cut_off_attempt_names_what_earlier_attempts_said() -> None:
+    """When the last attempt only timed out, the message also names the earlier cause."""
+    time = FakeTime()
+    errors: list[Exception] = [
+        ConnectionError("server login has been failing, try again later"),
+        TimeoutError("connection timeout expired: no connection within 0.00s"),
+    ]
+
+    def classify(exc: Exception) -> Verdict:
+        rule = "os-error:TimeoutError" if isinstance(exc, TimeoutError) else "pgbouncer:login"
+        return Verdict(transient=True, rule=rule)
+
+    retrier = Retrier(
+        policy=rc.Backoff(attempts=2, jitter="none"),
+        classify=classify,
+        target="db",
+        hooks=(),
+        clock=time.clock,
+        sleep=time.sleep,
+    )
+
+    def attempt(_attempt: Attempt) -> None:
+        raise errors.pop(0)
+
+    with pytest.raises(rc.RetryExhausted) as caught:
+        retrier.call(attempt)
+    assert caught.value.cause == (
+        "TimeoutError: connection timeout expired: no connection within 0.00s; "
+        "earlier attempts: ConnectionError: server login has been failing, try again later"
+    )
+    assert "earlier attempts: ConnectionError" in str(caught.value)
