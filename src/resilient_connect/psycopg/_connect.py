@@ -249,6 +249,7 @@ class _Call:
                 psycopg.AsyncConnection.connect(self.conninfo, **kwargs),
                 left,
                 timeout_error=deadline_timeout,
+                discard=psycopg.AsyncConnection.close,
             )
         except psycopg.Error as exc:
             # Drop the traceback: see _untangled().
