@@ -257,7 +257,11 @@ class _Run:
 
     def _emit(self, event: Event) -> None:
         for hook in self.retrier.hooks:
-            hook(event)
+            try:
+                hook(event)
+            except Exception as error:
+                _chain(error, event.exception)
+                raise
 
     def next_attempt(self) -> Attempt:
         self.attempt += 1
@@ -271,7 +275,11 @@ class _Run:
         """
         retrier = self.retrier
         policy = retrier.policy
-        verdict = self.classify(exc)
+        try:
+            verdict = self.classify(exc)
+        except Exception as error:
+            _chain(error, exc)
+            raise
         now = self.clock()
         if not verdict.transient:
             if retrier.hooks and verdict.report:
@@ -357,3 +365,13 @@ class _Run:
                     cause="",
                 )
             )
+
+
+def _chain(error: Exception, real: BaseException | None) -> None:
+    """Keep ``real`` (the attempt's error) behind an error an ``on=`` predicate or a hook raised.
+
+    The bug in the predicate or hook propagates, and its traceback still shows the
+    error that was being handled, as ``raise error from real`` would.
+    """
+    if real is not None and error is not real and error.__cause__ is None:
+        error.__cause__ = real

@@ -314,7 +314,7 @@ def test_policy_backoff_reset_restarts_decorrelated_chain() -> None:
 
 def test_policy_backoff_plugs_into_plain_redis_retry() -> None:
     """A plain redis Retry with PolicyBackoff sleeps our delays between its own retries."""
-    policy = rc.Backoff(initial=0.0, jitter="none")
+    policy = rc.Backoff(initial=0.0, attempts=3, jitter="none")
     retry = redis.retry.Retry(PolicyBackoff(policy), 2)
     calls: list[int] = []
 
