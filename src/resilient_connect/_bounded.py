@@ -172,6 +172,9 @@ class _Handoff(Generic[T]):
         try:
             result = call()
         except Exception as exc:  # noqa: BLE001 - handed to the waiting thread as is
+            from ._frames import release_frames
+
+            release_frames(exc)  # the driver's frames may hold the half-open socket
             self._deliver(None, exc.with_traceback(None))
             return
         if not self._deliver(result, None):

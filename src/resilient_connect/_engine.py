@@ -18,6 +18,7 @@ from __future__ import annotations
 from . import _timing
 from ._errors import RetryExhausted
 from ._events import GaveUp, NotRetried, Recovered, RetryScheduled
+from ._frames import release_frames
 
 #: Seconds that must be left before the deadline for a shortened last attempt.
 LAST_CALL_MINIMUM = 0.1
@@ -325,6 +326,7 @@ class _Run:
                     rule=verdict.rule,
                 )
             )
+        release_frames(exc)
         return delay
 
     def _give_up(self, exc: Exception, rule: str, reason: GiveUpReason, elapsed: float) -> None:
@@ -342,6 +344,7 @@ class _Run:
                     rule=rule,
                 )
             )
+        release_frames(exc)
         if self.retrier.reraise:
             raise exc
         raise RetryExhausted(
