@@ -283,6 +283,8 @@ class _Run:
             raise
         now = self.clock()
         if not verdict.transient:
+            if verdict.report:  # it reaches the caller: no password in its message
+                self._redactor().scrub_exception(exc)
             if retrier.hooks and verdict.report:
                 redactor = self._redactor()
                 event = NotRetried(
@@ -315,6 +317,7 @@ class _Run:
         self.previous = delay
         if retrier.hooks:
             redactor = self._redactor()
+            redactor.scrub_exception(exc)  # hooks get the error itself
             self._emit(
                 RetryScheduled(
                     target=redactor.target,
@@ -331,6 +334,7 @@ class _Run:
 
     def _give_up(self, exc: Exception, rule: str, reason: GiveUpReason, elapsed: float) -> None:
         redactor = self._redactor()
+        redactor.scrub_exception(exc)
         cause = redactor.describe(exc)
         if self.retrier.hooks:
             self._emit(
