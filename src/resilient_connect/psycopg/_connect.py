@@ -11,6 +11,7 @@ from .._bounded import await_within, call_within
 from .._engine import Retrier
 from .._policy import Backoff
 from .._redact import secret_values
+from ._checks import connect_timeout_problem, host_problem
 from ._classify import classify
 
 TYPE_CHECKING = False
@@ -183,6 +184,10 @@ class _Call:
             params = conninfo_to_dict(conninfo, **parameters)
         except psycopg.ProgrammingError as exc:
             self.parse_error = self._masked(exc)
+            return
+        problem = host_problem(params) or connect_timeout_problem(params.get("connect_timeout"))
+        if problem is not None:  # psycopg would reject it, or retry a DNS failure forever
+            self.parse_error = psycopg.ProgrammingError(problem)
             return
         self.user_timeout = _user_timeout(params.get("connect_timeout"))
         hosts = str(params.get("host") or params.get("hostaddr") or "")
