@@ -184,12 +184,13 @@ def _redact_embedded_urls(text: str) -> str:
 #: IPv6 host (the whole URI), a non-numeric port, a host holding a password's tail after
 #: an unencoded '@'; urllib and redis-py: a non-numeric port.
 _ECHOES = (
-    r"(?P<head>invalid percent-encoded token: \")(?P<echo>[^\"]*)(?=\")",
-    r"(?P<head>unexpected spaces found in \")(?P<echo>[^\"]*)(?=\")",
-    r"(?P<head>in URI: \")(?P<echo>[^\"]*)(?=\")",
-    r"(?P<head>invalid integer value \")(?P<echo>[^\"]*[^\"\d,][^\"]*)(?=\")",
-    r"(?P<head>resolve host ')(?P<echo>[^']*)(?=@[^'@]*')",
-    r"(?P<head>Port could not be cast to integer value as )(?P<echo>'[^']*'|\S+)",
+    # Greedy to the last closing quote of the line: the echoed text may itself hold quotes.
+    r'(?P<head>invalid percent-encoded token: ")(?P<echo>[^\n]*)(?=")',
+    r'(?P<head>unexpected spaces found in ")(?P<echo>[^\n]*)(?=")',
+    r'(?P<head>in URI: ")(?P<echo>[^\n]*)(?=")',
+    r'(?P<head>invalid integer value ")(?P<echo>[^\n]*)(?=" for connection option)',
+    r"(?P<head>resolve host ')(?P<echo>[^\n]*)(?=@[^'@\n]*')",
+    r"(?P<head>Port could not be cast to integer value as )(?P<echo>'[^\n]*'|\S+)",
 )
 
 

@@ -43,6 +43,8 @@ from harness import FaultProxy, PostgresServer, RedisServer, kv_quote
 pytestmark = pytest.mark.integration
 
 EXAMPLES = int(os.environ.get("RESILIENT_CONNECT_SECRET_EXAMPLES", "40"))
+#: Per-test time limit: about a second per example at worst (a blackholed attempt).
+LIMIT = max(120, 2 * EXAMPLES)
 POLICY = rc.Backoff(initial=0.01, maximum=0.02, attempts=2, timeout=0.5)
 MARK = "ж"
 _WORD_CHARS = "bcdfghjkmnpqrstvwxz2345679"
@@ -253,6 +255,7 @@ FAILURES = ["wrong", "refused", "blackhole"]
     failure=st.sampled_from(FAILURES),
 )
 # The cases the issue found by hand, always run:
+@pytest.mark.timeout(LIMIT)
 @example(password="жs3cr%zz", entry="core", form="raw-url", failure="wrong")
 @example(password="жs3cr жpw", entry="decorator", form="raw-url", failure="refused")
 @example(password="жs3@жcr3t", entry="psycopg", form="raw-url", failure="refused")
@@ -308,6 +311,7 @@ def test_no_password_in_errors_logs_events_or_pickles(
 
 
 @pytest.mark.parametrize("mode", ["text", "json", "quiet", "live"])
+@pytest.mark.timeout(LIMIT)
 @settings(
     max_examples=max(5, EXAMPLES // 4),
     deadline=None,
