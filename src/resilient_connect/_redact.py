@@ -191,6 +191,7 @@ _ECHOES = (
     r'(?P<head>invalid integer value ")(?P<echo>[^\n]*)(?=" for connection option)',
     r"(?P<head>resolve host ')(?P<echo>[^\n]*)(?=@[^'@\n]*')",
     r"(?P<head>Port could not be cast to integer value as )(?P<echo>'[^\n]*'|\S+)",
+    r"(?P<head>invalid literal for int\(\) with base 10: )(?P<echo>'[^\n]*')",
 )
 
 
@@ -203,7 +204,7 @@ def _mask_echoes(text: str) -> str:
 
 
 #: Punctuation that splits a password into the pieces a parser may echo on its own.
-_SPLITTERS = "@:/?#&=;,() \t'\"\\"
+_SPLITTERS = "@:/?#&=;,()% \t'\"\\"
 
 
 def _pieces(secret: str) -> set[str]:

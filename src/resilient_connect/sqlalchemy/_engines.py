@@ -8,6 +8,7 @@ from .._engine import Retrier
 from .._policy import Backoff
 from .._redact import secret_values
 from ._classify import classify
+from ._urls import make_url
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ def create_engine(
             unknown database), after the first attempt.
         RetryExhausted: the start-up policy gave up; raised from the last error.
     """
-    parsed = sqlalchemy.make_url(url)
+    parsed = make_url(url)
     if parsed.get_backend_name() in _PLAIN_DIALECTS:
         return sqlalchemy.create_engine(url, **kwargs)
     healer, target, secrets = _healer(parsed, reconnect, hooks, kwargs, is_async=False)
@@ -128,7 +129,7 @@ async def create_async_engine(
 
     from .._bounded import await_within
 
-    parsed = sqlalchemy.make_url(url)
+    parsed = make_url(url)
     if parsed.get_backend_name() in _PLAIN_DIALECTS:
         return sa_create_async_engine(url, **kwargs)
     healer, target, secrets = _healer(parsed, reconnect, hooks, kwargs, is_async=True)
