@@ -190,8 +190,9 @@ _ECHOES = (
     r'(?P<head>in URI: ")(?P<echo>[^\n]*)(?=")',
     r'(?P<head>invalid integer value ")(?P<echo>[^\n]*)(?=" for connection option)',
     r"(?P<head>resolve host ')(?P<echo>[^\n]*)(?=@[^'@\n]*')",
-    r"(?P<head>Port could not be cast to integer value as )(?P<echo>'[^\n]*'|\S+)",
-    r"(?P<head>invalid literal for int\(\) with base 10: )(?P<echo>'[^\n]*')",
+    # Python cuts a long literal without closing its quote: mask to the end of the line.
+    r"(?P<head>Port could not be cast to integer value as )(?P<echo>'[^\n]*|\S+)",
+    r"(?P<head>invalid literal for int\(\) with base 10: )(?P<echo>['\"][^\n]*)",
 )
 
 
@@ -249,11 +250,12 @@ class Redactor:
 
     def scrub(self, text: str) -> str:
         """Return ``text`` with known secrets masked and any DSN or URL redacted."""
+        # Echoes first, while their quotes are intact (a masked secret may have held one).
+        text = _mask_echoes(text)
         for secret in self._secrets:
             text = text.replace(secret, MASK)
         if self._short:
             text = _mask_short(text, self._short)
-        text = _mask_echoes(text)
         if "://" in text:
             text = _redact_embedded_urls(text)
         return _redact_key_values(text, []) if "=" in text else text
