@@ -81,9 +81,15 @@ def test_library_row(expression: str, error: str, fragment: str) -> None:
 
     import resilient_connect as rc
     from resilient_connect import psycopg as rc_psycopg
+    from resilient_connect import sqlalchemy as rc_sqlalchemy
     from resilient_connect.testing import instant_waits
 
-    namespace = {"rc": rc, "rc_psycopg": rc_psycopg, "psycopg": psycopg}
+    namespace = {
+        "rc": rc,
+        "rc_psycopg": rc_psycopg,
+        "rc_sqlalchemy": rc_sqlalchemy,
+        "psycopg": psycopg,
+    }
     with instant_waits() as waits, pytest.raises(Exception) as caught:
         eval(expression, namespace)  # the docs' own example, not outside input
     assert type(caught.value).__name__ == error
