@@ -718,3 +718,25 @@ def test_sentinel_connection_class_choice() -> None:
     assert _master_options({}, SentinelConnection) == {"connection_class": SentinelConnection}
     assert _master_options({"ssl": True}, SentinelConnection) == {}
     assert _master_options({"connection_class": object}, SentinelConnection) == {}
+
+
+async def test_a_write_on_a_closed_asyncio_transport_is_a_lost_connection() -> None:
+    """CPython 3.12-3.14's AttributeError/TypeError from a reset transport becomes a redis
+    ConnectionError (which the bridge retries); the same error from elsewhere stays as is."""
+    from resilient_connect.redis._transport import translating
+
+    namespace: dict[str, Any] = {}
+    code = "def write():\n    raise AttributeError('NoneType has no _add_writer')\n"
+    exec(compile(code, "/usr/lib/python3.13/asyncio/selector_events.py", "exec"), namespace)
+
+    async def in_transport() -> None:
+        namespace["write"]()
+
+    async def in_application() -> None:
+        raise AttributeError("a bug of the application's")
+
+    with pytest.raises(rx.ConnectionError, match="transport was already closed") as caught:
+        await translating(in_transport)()
+    assert isinstance(caught.value.__cause__, AttributeError)
+    with pytest.raises(AttributeError, match="application"):
+        await translating(in_application)()

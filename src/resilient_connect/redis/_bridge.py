@@ -32,6 +32,7 @@ from .._classify import Verdict
 from .._engine import Retrier
 from .._policy import Backoff, capped_exponential
 from . import _rules as _redis_rules
+from ._transport import translating
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -341,6 +342,7 @@ class AsyncBridgeRetry(redis.asyncio.retry.Retry):
         with_failure_count: bool = False,  # noqa: FBT001, FBT002 - redis-py's signature
     ) -> T:
         """Await ``do`` until it succeeds, under the policy; see the module docstring."""
+        do = translating(do)  # CPython 3.12-3.14: a write on a reset connection (_transport)
 
         # Built on the first failure only: the success path stays a plain call.
         def failures_for() -> _Failures:
