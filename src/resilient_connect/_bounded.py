@@ -8,7 +8,10 @@ cut an attempt off at the deadline instead:
   waiting for it when time is up. The abandoned thread ends by itself (the
   caller also lowers the driver's own timeout) and discards whatever it gets
   too late, so no connection leaks.
-* :func:`await_within` awaits with a time limit and cancels on expiry.
+* :func:`await_within` awaits with a time limit and cancels on expiry. It
+  replaces :func:`asyncio.wait_for`, which before Python 3.12 can swallow a
+  cancellation that arrives together with the inner result or error (the task
+  then keeps retrying after ``task.cancel()``).
 
 Both raise the error built by ``timeout_error(seconds)`` *outside* any
 ``except`` block: as the ``__context__`` of our error, the expired wait (and a
@@ -24,7 +27,9 @@ from typing import Generic, TypeVar
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import asyncio
     from collections.abc import Awaitable, Callable
+    from typing import Any
 
 T = TypeVar("T")
 
@@ -65,17 +70,94 @@ def call_within(
 
 
 async def await_within(
-    awaitable: Awaitable[T], seconds: float | None, *, timeout_error: Callable[[float], Exception]
+    awaitable: Awaitable[T],
+    seconds: float | None,
+    *,
+    timeout_error: Callable[[float], Exception],
+    discard: Callable[[T], object] | None = None,
 ) -> T:
-    """Await ``awaitable`` for at most ``seconds`` (``None``: no limit); cancel it on expiry."""
+    """Await ``awaitable`` for at most ``seconds`` (``None``: no limit); cancel it on expiry.
+
+    Unlike :func:`asyncio.wait_for` before Python 3.12, this never loses a
+    cancellation: when the waiting task is cancelled, :class:`asyncio.CancelledError`
+    propagates even if the inner awaitable finished at the same moment (its
+    result then goes to ``discard``, which may return an awaitable, and an
+    error it raised is dropped). And it never loses an inner outcome: a result
+    or error that is there when the time is up wins over the timeout. The inner
+    awaitable runs as its own task (with a copy of the caller's context) and
+    has always finished when this returns or raises.
+    """
+    if seconds is None:
+        return await awaitable
     import asyncio
 
+    loop = asyncio.get_running_loop()
+    inner: asyncio.Future[T] = asyncio.ensure_future(awaitable)
+    wakeup: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not wakeup.done():
+            wakeup.set_result(None)
+
+    inner.add_done_callback(wake)
+    timer = loop.call_later(max(0.0, seconds), wake)
     try:
-        return await asyncio.wait_for(awaitable, seconds)
-    except asyncio.TimeoutError:
+        await wakeup
+    except asyncio.CancelledError:
+        # Cancelled from outside: whatever `inner` did meanwhile, the cancellation wins.
+        await _settle(inner)
+        await _dispose(inner, discard)
+        raise
+    finally:
+        timer.cancel()
+        inner.remove_done_callback(wake)
+    if not inner.done():
+        if await _settle(inner):
+            # The caller cancelled us while we were cancelling `inner`: that wins.
+            await _dispose(inner, discard)
+            raise asyncio.CancelledError
+        if inner.cancelled():
+            raise timeout_error(seconds)
+    # Finished in time, or finished anyway while being cancelled: its outcome wins.
+    return inner.result()
+
+
+async def _settle(inner: asyncio.Future[Any]) -> bool:
+    """Cancel ``inner`` and wait until it has finished; ``True`` if we were cancelled meanwhile.
+
+    Keeps waiting through further cancellations (nothing may outlive the call);
+    the caller re-raises the cancellation once ``inner`` is done.
+    """
+    import asyncio
+
+    inner.cancel()
+    interrupted = False
+    while not inner.done():
+        try:
+            await asyncio.wait((inner,))
+        except asyncio.CancelledError:
+            interrupted = True
+    return interrupted
+
+
+async def _dispose(inner: asyncio.Future[T], discard: Callable[[T], object] | None) -> None:
+    """Drop the outcome of a finished ``inner`` that nobody will get.
+
+    An error is retrieved (so asyncio does not report it as never retrieved); a
+    result goes to ``discard``, whose awaitable, if any, is awaited.
+    """
+    import asyncio
+
+    if inner.cancelled() or inner.exception() is not None or discard is None:
+        return
+    try:
+        outcome = discard(inner.result())
+        if outcome is not None and hasattr(outcome, "__await__"):
+            await outcome
+    except asyncio.CancelledError:
+        pass  # cancelled again while closing: the caller re-raises the cancellation anyway
+    except Exception:  # noqa: BLE001, S110 - closing what nobody wants is best effort
         pass
-    assert seconds is not None
-    raise timeout_error(seconds)
 
 
 class _Handoff(Generic[T]):
@@ -95,6 +177,9 @@ class _Handoff(Generic[T]):
         try:
             result = call()
         except Exception as exc:  # noqa: BLE001 - handed to the waiting thread as is
+            from ._frames import release_frames
+
+            release_frames(exc)  # the driver's frames may hold the half-open socket
             self._deliver(None, exc.with_traceback(None))
             return
         if not self._deliver(result, None):

@@ -40,6 +40,7 @@ import sys
 from . import _budget, _hooks, _statistics, _timing
 from ._errors import RetryExhausted, gave_up_line
 from ._events import Call, GaveUp, NotRetried, Recovered, RetryScheduled
+from ._frames import release_frames
 from ._policy import Backoff
 from ._scope import (
     CLOCK,
@@ -497,7 +498,11 @@ class _Run:
 
     def _emit(self, event: Event) -> None:
         for hook in self.hooks:
-            hook(event)
+            try:
+                hook(event)
+            except Exception as error:
+                _chain(error, event.exception)
+                raise
 
     def next_scope(self) -> list[Any]:
         """The scope of the next attempt (its number is :attr:`number`).
@@ -520,7 +525,11 @@ class _Run:
             raise exc
         retrier = self.retrier
         policy = retrier.policy
-        verdict = self.classify(exc)
+        try:
+            verdict = self.classify(exc)
+        except Exception as error:
+            _chain(error, exc)
+            raise
         now = self.clock()
         duration = now - self.attempt_start
         nested = scope[NESTED]
@@ -554,6 +563,7 @@ class _Run:
         self.previous = delay
         if self.hooks:
             redactor = self._redactor()
+            redactor.scrub_exception(exc)  # hooks get the error itself
             self._emit(
                 RetryScheduled(
                     target=redactor.target,
@@ -567,6 +577,7 @@ class _Run:
                     rule=verdict.rule,
                 )
             )
+        release_frames(exc)
         return delay
 
     def _note(self, exc: Exception, verdict: Verdict, duration: float) -> None:
@@ -612,6 +623,8 @@ class _Run:
         self, exc: Exception, verdict: Verdict, elapsed: float, duration: float
     ) -> None:
         """Count and report a permanent error (which the caller then raises)."""
+        if verdict.report:  # it reaches the caller: no password in its message
+            self._redactor().scrub_exception(exc)
         if self.tallies:
             self._tally(exc, "not_retried")
         if self.hooks and verdict.report:
@@ -641,6 +654,7 @@ class _Run:
         if self.tallies:
             self._tally(exc, "gave_up")
         redactor = self._redactor()
+        redactor.scrub_exception(exc)
         # A nested loop's RetryExhausted already says what went wrong: name its cause.
         last = exc.last_exception if isinstance(exc, RetryExhausted) else exc
         cause = redactor.describe(last)
@@ -669,6 +683,7 @@ class _Run:
                     nested=nested,
                 )
             )
+        release_frames(exc)
         if self.retrier.reraise:
             add_note = getattr(exc, "add_note", None)  # Python 3.11+
             if add_note is not None:
@@ -703,3 +718,13 @@ class _Run:
                     call=self.call,
                 )
             )
+
+
+def _chain(error: Exception, real: BaseException | None) -> None:
+    """Keep ``real`` (the attempt's error) behind an error an ``on=`` predicate or a hook raised.
+
+    The bug in the predicate or hook propagates, and its traceback still shows the
+    error that was being handled, as ``raise error from real`` would.
+    """
+    if real is not None and error is not real and error.__cause__ is None:
+        error.__cause__ = real

@@ -44,6 +44,10 @@ if TYPE_CHECKING:
 
 
 JITTER_MODES = ("none", "full", "equal", "decorrelated")
+#: Longest duration a policy accepts, in seconds (about 31 years). Longer waits are
+#: "forever" in practice, and the platform's sleep and time-out calls overflow on them
+#: (``time.sleep(1e300)`` raises ``OverflowError``); ``timeout=None`` means no deadline.
+MAX_SECONDS = 1e9
 DECORRELATED_FACTOR = 3.0
 #: Seconds at least between two attempts whose failures cost the server a process
 #: ("starting up", "too many connections", "loading"): at most one a second per client.
@@ -69,13 +73,23 @@ def _is_number(candidate: object) -> bool:
     return isinstance(candidate, (int, float)) and not isinstance(candidate, bool)
 
 
-def _check_number(field: str, number: object, *, minimum: float, strict: bool = False) -> float:
+def _check_number(
+    field: str,
+    number: object,
+    *,
+    minimum: float,
+    strict: bool = False,
+    largest: float | None = None,
+) -> float:
     if not _is_number(number) or not math.isfinite(number):  # type: ignore[arg-type]
         raise PolicyError(field, f"must be a finite number, got {number!r}")
     as_float = float(number)  # type: ignore[arg-type]
     if as_float < minimum or (strict and as_float == minimum):
         relation = ">" if strict else ">="
         raise PolicyError(field, f"must be {relation} {minimum:g}, got {number!r}")
+    if largest is not None and as_float > largest:
+        hint = " (use None for no deadline)" if field == "timeout" else ""
+        raise PolicyError(field, f"must be <= {largest:g} seconds{hint}, got {number!r}")
     return as_float
 
 
@@ -115,7 +129,9 @@ class Backoff:
             limit: a count of attempts is spent by the backoff, as before.
 
     ``attempts=None, timeout=None`` retries until the caller is cancelled; it is
-    allowed, but only when both are passed explicitly.
+    allowed, but only when both are passed explicitly. A policy that never waits
+    (``initial=0`` or ``maximum=0``) needs ``attempts``: otherwise it would retry
+    in a tight loop. Durations are at most :data:`MAX_SECONDS`.
     """
 
     initial: float = 0.1
@@ -143,9 +159,13 @@ class Backoff:
 
     def __post_init__(self) -> None:
         set_field = object.__setattr__
-        set_field(self, "initial", _check_number("initial", self.initial, minimum=0))
+        set_field(
+            self, "initial", _check_number("initial", self.initial, minimum=0, largest=MAX_SECONDS)
+        )
         set_field(self, "multiplier", _check_number("multiplier", self.multiplier, minimum=1))
-        set_field(self, "maximum", _check_number("maximum", self.maximum, minimum=0))
+        set_field(
+            self, "maximum", _check_number("maximum", self.maximum, minimum=0, largest=MAX_SECONDS)
+        )
         if self.attempts is not None and (
             not isinstance(self.attempts, int) or isinstance(self.attempts, bool)
         ):
@@ -154,13 +174,24 @@ class Backoff:
             raise PolicyError("attempts", f"must be >= 1 or None, got {self.attempts!r}")
         if self.timeout is not None:
             set_field(
-                self, "timeout", _check_number("timeout", self.timeout, minimum=0, strict=True)
+                self,
+                "timeout",
+                _check_number("timeout", self.timeout, minimum=0, strict=True, largest=MAX_SECONDS),
             )
         set_field(self, "jitter", _check_jitter(self.jitter))
         if self.probe is not None:
             set_field(self, "probe", _check_number("probe", self.probe, minimum=0, strict=True))
         if self.jitter == "decorrelated" and self.initial == 0:
             raise PolicyError("jitter", "'decorrelated' needs initial > 0 (it grows from initial)")
+        if self.attempts is None and (self.maximum == 0 or self.initial == 0):
+            # Every delay is 0: without an attempt limit, a tight loop until the deadline
+            # (thousands of attempts and log lines a second against a refused port).
+            field = "maximum" if self.maximum == 0 else "initial"
+            raise PolicyError(
+                field,
+                "0 never waits between attempts; give a positive delay (such as 0.01) "
+                "or an attempt limit (attempts=N)",
+            )
 
     @classmethod
     def from_env(

@@ -232,13 +232,13 @@ def _connect_retrier(
     hooks: Sequence[Hook] | None,
     budget: RetryBudget | None,
 ) -> Retrier:
-    from ._redact import redact, secret_values
+    from ._redact import redact, secret_values, secrets_in
 
     if target is None:
         target = _name_of(factory)
         if args and isinstance(args[0], str):
             target = f"{target}({redact(args[0])!r})"
-    secrets = secret_values(kwargs)
+    secrets = [*secret_values(kwargs), *secrets_in(*args)]
     return Retrier(
         policy=policy,
         classify=classifier_for(on),

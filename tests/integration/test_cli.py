@@ -24,6 +24,18 @@ pytestmark = pytest.mark.integration
 
 SECRET = "S3cr3t-PW-7f1c"
 CLI = [sys.executable, "-m", "resilient_connect"]
+# The CLI with SIGINT at its default disposition, whatever this run inherited (a background
+# job ignores SIGINT, and an ignored signal stays ignored across exec): reset, then exec.
+DEFAULT_SIGNALS_CLI = [
+    sys.executable,
+    "-c",
+    (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+        "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+    ),
+    "-m",
+    "resilient_connect",
+]
 # Reports the moment the exec'd program starts, on the system-wide monotonic clock.
 PRINT_PID_AND_CLOCK = "import os, time; print(os.getpid(), time.monotonic(), flush=True)"
 
@@ -58,7 +70,7 @@ def spawn() -> Iterator[Callable[..., subprocess.Popen[str]]]:
 
     def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
-            [*CLI, *args],
+            [*DEFAULT_SIGNALS_CLI, *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -846,9 +846,30 @@ def test_usage_error_class_is_a_one_liner() -> None:
         parse(["wait", "tcp://h:1", "--timeout", "x"], {})
 
 
+@pytest.fixture
+def default_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM with their default dispositions, whatever the run inherited.
+
+    A run started as a background job (``nohup``, some CI runners) ignores SIGINT, and the
+    command line rightly keeps an ignored signal ignored; tests of the default case must
+    not depend on how pytest was started.
+    """
+    import signal
+
+    saved = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        for number, handler in saved.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+
+
 @pytest.mark.parametrize(
     ("signame", "expected"), [("SIGTERM", 143), ("SIGINT", 130)], ids=["TERM", "INT"]
 )
+@pytest.mark.usefixtures("default_signals")
 def test_signal_during_the_wait_ends_it(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
@@ -963,3 +984,29 @@ def test_postgres_query_failure_after_connect(
     assert fake.closed
     assert f"{error_name}: query failed" in err
     assert SECRET not in err
+
+
+@pytest.mark.usefixtures("default_signals")
+def test_an_ignored_sigint_stays_ignored(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, refused_port: int
+) -> None:
+    """Started with SIGINT ignored (a background job), the wait keeps ignoring it, as a shell
+    would expect; SIGTERM still ends it (143)."""
+    import os
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    original = Reporter.event
+    sent: list[int] = []
+
+    def event_then_signals(self: Reporter, index: int, event: Any) -> None:
+        original(self, index, event)
+        if not sent:
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGINT)  # ignored
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(Reporter, "event", event_then_signals)
+    code, _ = run(capsys, "wait", f"tcp://127.0.0.1:{refused_port}", "--timeout", "none")
+    assert code == 143
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN

@@ -559,7 +559,7 @@ async def test_real_asyncio_sleep_is_the_default() -> None:
         rc.Backoff,
         initial=st.floats(min_value=0.001, max_value=10),
         multiplier=st.floats(min_value=1, max_value=10),
-        maximum=st.floats(min_value=0, max_value=30),
+        maximum=st.floats(min_value=0, max_value=30, exclude_min=True),
         attempts=st.one_of(st.none(), st.integers(min_value=1, max_value=30)),
         timeout=st.floats(min_value=0.01, max_value=120),
         jitter=st.one_of(

@@ -232,7 +232,7 @@ policies = st.builds(
     Backoff,
     initial=st.floats(min_value=0.001, max_value=100),
     multiplier=st.floats(min_value=1, max_value=1000),
-    maximum=st.floats(min_value=0, max_value=1e6),
+    maximum=st.floats(min_value=0, max_value=1e6, exclude_min=True),
     attempts=st.one_of(st.none(), st.integers(min_value=1, max_value=60)),
     jitter=jitters,
 )

@@ -314,7 +314,7 @@ def test_policy_backoff_reset_restarts_decorrelated_chain() -> None:
 
 def test_policy_backoff_plugs_into_plain_redis_retry() -> None:
     """A plain redis Retry with PolicyBackoff sleeps our delays between its own retries."""
-    policy = rc.Backoff(initial=0.0, jitter="none")
+    policy = rc.Backoff(initial=0.0, attempts=3, jitter="none")
     retry = redis.retry.Retry(PolicyBackoff(policy), 2)
     calls: list[int] = []
 
@@ -734,3 +734,25 @@ def test_sentinel_connection_class_choice() -> None:
     assert options({}, aio=True) == {"connection_class": AsyncSentinelConnection}
     assert options({"ssl": True}) == {}
     assert options({"connection_class": object}) == {}
+
+
+async def test_a_write_on_a_closed_asyncio_transport_is_a_lost_connection() -> None:
+    """CPython 3.12-3.14's AttributeError/TypeError from a reset transport becomes a redis
+    ConnectionError (which the bridge retries); the same error from elsewhere stays as is."""
+    from resilient_connect.redis._transport import translating
+
+    namespace: dict[str, Any] = {}
+    code = "def write():\n    raise AttributeError('NoneType has no _add_writer')\n"
+    exec(compile(code, "/usr/lib/python3.13/asyncio/selector_events.py", "exec"), namespace)
+
+    async def in_transport() -> None:
+        namespace["write"]()
+
+    async def in_application() -> None:
+        raise AttributeError("a bug of the application's")
+
+    with pytest.raises(rx.ConnectionError, match="transport was already closed") as caught:
+        await translating(in_transport)()
+    assert isinstance(caught.value.__cause__, AttributeError)
+    with pytest.raises(AttributeError, match="application"):
+        await translating(in_application)()

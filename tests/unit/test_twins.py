@@ -23,6 +23,7 @@ MODULES = [
 NO_IO = {
     "classify",
     "collect_statistics",
+    "conninfo_problems",
     "default_budget",
     "default_hooks",
     "is_transient",

@@ -435,13 +435,26 @@ def _exec(command: list[str], reporter: Reporter) -> int:
     return EXIT_READY  # only reached when _execvp is replaced (tests)
 
 
-def _command_missing(command: list[str], environ: Mapping[str, str]) -> bool:
-    """True when ``command[0]`` is not on PATH (checked before waiting, not after)."""
+def _command_problem(command: list[str], environ: Mapping[str, str]) -> tuple[int, str] | None:
+    """Why ``command[0]`` cannot be run (exit code, reason), checked before waiting; or None.
+
+    A name without ``/`` is looked up on PATH (``shutil.which`` only finds executable
+    files); a path must exist, be a file and be executable.
+    """
     import shutil
 
-    if "/" in command[0]:
-        return not os.path.exists(command[0])
-    return shutil.which(command[0], path=environ.get("PATH", os.defpath)) is None
+    name = command[0]
+    if "/" not in name:
+        if shutil.which(name, path=environ.get("PATH", os.defpath)) is None:
+            return EXIT_NOT_FOUND, "command not found"
+        return None
+    if not os.path.exists(name):
+        return EXIT_NOT_FOUND, "command not found"
+    if os.path.isdir(name):
+        return EXIT_CANNOT_EXECUTE, "Is a directory"
+    if not os.access(name, os.X_OK):
+        return EXIT_CANNOT_EXECUTE, "Permission denied"
+    return None
 
 
 # ---------------------------------------------------------------------------- main
@@ -463,9 +476,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode = choose_mode(sys.stderr, quiet=request.quiet, as_json=request.as_json, environ=environ)
     labels = [target.label for target in request.targets]
     reporter = Reporter(sys.stderr, mode, labels, request.action)
-    if request.command and _command_missing(request.command, environ):
-        reporter.message(f"cannot run {request.command[0]!r}: command not found")
-        return EXIT_NOT_FOUND
+    if request.command:
+        unusable = _command_problem(request.command, environ)
+        if unusable is not None:  # said at once, not after the whole wait
+            reporter.message(f"cannot run {request.command[0]!r}: {unusable[1]}")
+            return unusable[0]
     start = time.monotonic()
     code = _run_interruptibly(request, reporter)
     elapsed = time.monotonic() - start
@@ -522,7 +537,7 @@ def _summary(request: Request, code: int, elapsed: float) -> str:
 def _scrub(text: str, args: Sequence[str]) -> str:
     """Remove anything secret that any argument carried (argparse echoes arguments)."""
     for arg in args:
-        if "://" in arg or "=" in arg:
+        if "://" in arg or "=" in arg or "@" in arg:
             text = Redactor(arg).scrub(text)
     return Redactor("").scrub(text)
 

@@ -122,8 +122,9 @@ def parse_target(raw: str) -> Target:
             hint = f"; did you mean tcp://{label}, or is it a command that belongs after --?"
         msg = f"target {label!r} has no scheme (expected one of {', '.join(SCHEMES)}){hint}"
         raise TargetError(msg)
-    scheme, _, _ = text.partition("://")
+    scheme, _, rest = text.partition("://")
     scheme = scheme.lower()
+    text = f"{scheme}://{rest}"  # drivers (libpq) only know lower-case schemes
     base_scheme, plus, _driver = scheme.partition("+")
     if base_scheme in POSTGRES_SCHEMES:
         # SQLAlchemy-style "postgresql+psycopg://": the driver suffix means nothing to libpq.
@@ -139,6 +140,9 @@ def parse_target(raw: str) -> Target:
     except ValueError as exc:
         msg = f"target {label!r}: {Redactor(text).scrub(str(exc))}"
         raise TargetError(msg) from None
+    if port == 0:
+        msg = f"target {label!r}: port 0 is not a port a service listens on"
+        raise TargetError(msg)
     if scheme in REDIS_SCHEMES:
         _check_redis(text, label)
         return Target(text, text, scheme, _probe_redis)
@@ -176,11 +180,18 @@ def _check_postgres(url: str, label: str) -> None:
     except Exception as exc:  # noqa: BLE001 - any parse failure is a usage error
         msg = f"target {label!r}: {Redactor(url).describe(exc)}"
         raise TargetError(msg) from None
-    # libpq checks the port only when connecting; a typo there would look transient.
+    # libpq checks these only when connecting; a typo there would look transient (or
+    # permanent, exit 3), not like the usage error it is.
+    redactor = Redactor(url)
     for port in str(params.get("port") or "").split(","):
         if port and not (port.isdigit() and 0 < int(port) < 65536):
-            msg = f"target {label!r}: invalid port {port!r}"
+            msg = f"target {label!r}: invalid port {redactor.scrub(repr(port))}"
             raise TargetError(msg)
+    from ..psycopg import conninfo_problems
+
+    for problem in conninfo_problems(params):
+        msg = f"target {label!r}: {redactor.scrub(problem)}"
+        raise TargetError(msg)
 
 
 def _check_redis(url: str, label: str) -> None:

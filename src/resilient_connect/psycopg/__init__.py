@@ -24,7 +24,8 @@ Each attempt is bounded by the time left before the policy's deadline, not by
 psycopg's connect timeout alone (which is per host, 130 s by default and at
 least 2 s): ``connect_timeout`` becomes the caller's or
 :data:`DEFAULT_CONNECT_TIMEOUT`, shared out so the hosts fit in the time left;
-the async function also uses :func:`asyncio.wait_for`, and the sync one waits
+the async function also cancels the connect at the deadline (never losing the
+caller's own cancellation), and the sync one waits
 for the blocking connect on a helper thread that it abandons, and that closes
 whatever it gets late, when the deadline comes first.
 
@@ -35,6 +36,7 @@ that wait for the server the same way at start-up, and whose reconnects use
 """
 
 from .._postgres._rules import RULES, UNKNOWN, Rule
+from ._checks import problems as conninfo_problems
 from ._classify import classify, is_transient
 from ._connect import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -53,6 +55,7 @@ __all__ = [
     "acreate_pool",
     "classify",
     "connect_with_retry",
+    "conninfo_problems",
     "create_pool",
     "is_transient",
 ]

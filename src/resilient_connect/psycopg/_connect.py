@@ -12,6 +12,7 @@ from .._engine import Retrier
 from .._policy import Backoff
 from .._postgres._libpq import connect_timeout, host_count, worst_case
 from .._redact import secret_values
+from ._checks import connect_timeout_problem, host_problem
 from ._classify import classify
 
 TYPE_CHECKING = False
@@ -192,6 +193,10 @@ class _Call:
         except psycopg.ProgrammingError as exc:
             self.parse_error = self._masked(exc)
             return
+        problem = host_problem(params) or connect_timeout_problem(params.get("connect_timeout"))
+        if problem is not None:  # psycopg would reject it, or retry a DNS failure forever
+            self.parse_error = psycopg.ProgrammingError(problem)
+            return
         self.user_timeout = _user_timeout(params.get("connect_timeout"))
         self.hosts = host_count(params.get("host") or params.get("hostaddr"))
 
@@ -269,7 +274,10 @@ class _Call:
             if attempt.driver_can_bound(worst):
                 return await connecting
             return await await_within(
-                connecting, attempt.remaining(), timeout_error=deadline_timeout
+                connecting,
+                attempt.remaining(),
+                timeout_error=deadline_timeout,
+                discard=lambda late: late.close(),
             )
         except psycopg.Error as exc:
             # Drop the traceback: see _untangled().

@@ -33,6 +33,7 @@ from .._classify import Verdict
 from .._engine import Retrier
 from .._policy import Backoff, capped_exponential
 from . import _rules as _redis_rules
+from ._transport import translating
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -305,6 +306,7 @@ class AsyncBridgeRetry(redis.asyncio.retry.Retry):
         with_failure_count: bool = False,  # noqa: FBT001, FBT002 - redis-py's signature
     ) -> T:
         """Await ``do`` until it succeeds, under the policy; see the module docstring."""
+        do = translating(do)  # CPython 3.12-3.14: a write on a reset connection (_transport)
         failures = _Failures(
             tuple(self._supported_errors), fail, is_retryable, with_failure_count=with_failure_count
         )

@@ -9,6 +9,7 @@ from .._engine import Retrier
 from .._policy import Backoff
 from .._redact import secret_values
 from ._classify import classify
+from ._urls import make_url
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ def create_engine(
             unknown database), after the first attempt.
         RetryExhausted: the start-up policy gave up; raised from the last error.
     """
-    parsed = sqlalchemy.make_url(url)
+    parsed = make_url(url)
     if parsed.get_backend_name() in _PLAIN_DIALECTS:
         return sqlalchemy.create_engine(url, **kwargs)
     startup = _Startup(parsed, reconnect, hooks, kwargs, budget, is_async=False)
@@ -116,7 +117,7 @@ async def create_async_engine(
     """
     from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
 
-    parsed = sqlalchemy.make_url(url)
+    parsed = make_url(url)
     if parsed.get_backend_name() in _PLAIN_DIALECTS:
         return sa_create_async_engine(url, **kwargs)
     startup = _Startup(parsed, reconnect, hooks, kwargs, budget, is_async=True)
