@@ -75,6 +75,7 @@ async def await_within(
     *,
     timeout_error: Callable[[float], Exception],
     discard: Callable[[T], object] | None = None,
+    abandon: bool = False,
 ) -> T:
     """Await ``awaitable`` for at most ``seconds`` (``None``: no limit); cancel it on expiry.
 
@@ -85,7 +86,11 @@ async def await_within(
     error it raised is dropped). And it never loses an inner outcome: a result
     or error that is there when the time is up wins over the timeout. The inner
     awaitable runs as its own task (with a copy of the caller's context) and
-    has always finished when this returns or raises.
+    has always finished when this returns or raises, unless ``abandon``: then
+    a timeout or a cancellation returns at once, and the cancelled inner task
+    finishes on its own (its result goes to ``discard``). For work whose
+    cancellation itself may hang: psycopg waits up to 5 s for a server to
+    confirm a cancelled query, and a paused pgbouncer never does.
     """
     if seconds is None:
         return await awaitable
@@ -105,12 +110,18 @@ async def await_within(
         await wakeup
     except asyncio.CancelledError:
         # Cancelled from outside: whatever `inner` did meanwhile, the cancellation wins.
+        if abandon:
+            _abandon(inner, discard)
+            raise
         await _settle(inner)
         await _dispose(inner, discard)
         raise
     finally:
         timer.cancel()
         inner.remove_done_callback(wake)
+    if not inner.done() and abandon:
+        _abandon(inner, discard)
+        raise timeout_error(seconds)
     if not inner.done():
         if await _settle(inner):
             # The caller cancelled us while we were cancelling `inner`: that wins.
@@ -120,6 +131,30 @@ async def await_within(
             raise timeout_error(seconds)
     # Finished in time, or finished anyway while being cancelled: its outcome wins.
     return inner.result()
+
+
+# Abandoned inner tasks (and their clean-ups) until they finish on their own.
+_ABANDONED: set[asyncio.Future[Any]] = set()
+
+
+def _abandon(inner: asyncio.Future[T], discard: Callable[[T], object] | None) -> None:
+    """Cancel ``inner`` and let it finish on its own; its outcome is dropped then."""
+    import asyncio
+
+    def dropped(done: asyncio.Future[T]) -> None:
+        _ABANDONED.discard(done)
+        if done.cancelled():
+            return
+        if done.exception() is None and discard is not None:
+            outcome = discard(done.result())
+            if asyncio.iscoroutine(outcome):
+                closing = asyncio.ensure_future(outcome)
+                _ABANDONED.add(closing)
+                closing.add_done_callback(_ABANDONED.discard)
+
+    _ABANDONED.add(inner)  # the loop keeps only weak references to tasks
+    inner.cancel()
+    inner.add_done_callback(dropped)
 
 
 async def _settle(inner: asyncio.Future[Any]) -> bool:

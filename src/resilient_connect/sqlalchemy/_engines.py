@@ -207,7 +207,11 @@ class _Startup:
             return
         from .._bounded import await_within
 
-        await await_within(round_trip(), left + _CUT_GRACE, timeout_error=_no_answer)
+        # Abandoned at the deadline: psycopg would wait up to 5 s for the server (or a
+        # paused pgbouncer, which never answers) to confirm the cancelled query.
+        await await_within(
+            round_trip(), left + _CUT_GRACE, timeout_error=_no_answer, abandon=True
+        )
 
 
 def _nothing(_late: object) -> None:
