@@ -127,7 +127,7 @@ class LogEvents:
         if logger.isEnabledFor(_DEBUG) and all(line[1] != own for line in lines):
             # The per-attempt stream, for whoever asks for DEBUG.
             level, message, args = _render(event)
-            _emit(logger, _DEBUG, message, args, _extra(event))
+            _emit(logger, _DEBUG, message, args, extra_fields(event))
 
     def _lines(self, event: Event) -> list[tuple[int, str, tuple[object, ...], dict[str, Any]]]:
         """The lines a person sees for ``event`` (at most one, in practice)."""
@@ -136,7 +136,7 @@ class LogEvents:
         ):
             self._leave(event)
             level, message, args = _render(event)
-            return [(level, message, args, _extra(event))]
+            return [(level, message, args, extra_fields(event))]
         immediate = _budget.UNLIMITED or self.summary_interval <= 0  # testing: no aggregation
         now = (self._clock or _timing.clock)()
         call = id(event.call) if event.call is not None else id(event)
@@ -148,7 +148,7 @@ class LogEvents:
             if isinstance(event, Recovered):
                 return self._recovered(event, now, call, immediate=immediate)
         level, message, args = _render(event)
-        return [(level, message, args, _extra(event))]
+        return [(level, message, args, extra_fields(event))]
 
     def _failed(
         self, event: RetryScheduled, now: float, call: int, *, immediate: bool
@@ -167,7 +167,7 @@ class LogEvents:
         outage.last_cause, outage.last_rule = event.cause, event.rule
         if fresh or immediate:
             level, message, args = _render(event)
-            return [(level, message, args, _extra(event))]
+            return [(level, message, args, extra_fields(event))]
         if now - outage.last_line < self.summary_interval:
             return []
         outage.last_line = now
@@ -185,7 +185,7 @@ class LogEvents:
             return []
         outage.budget_logged = True
         level, message, args = _render(event)
-        return [(level, message, args, _extra(event))]
+        return [(level, message, args, extra_fields(event))]
 
     def _recovered(
         self, event: Recovered, now: float, call: int, *, immediate: bool
@@ -196,7 +196,7 @@ class LogEvents:
             if not immediate and ended is not None and now - ended < self.summary_interval:
                 return []  # another loop already reported the end of this outage
             level, message, args = _render(event)
-            return [(level, message, args, _extra(event))]
+            return [(level, message, args, extra_fields(event))]
         if len(self._ended) >= _MAX_TARGETS:
             self._ended.clear()
         self._ended[event.target] = now
@@ -211,7 +211,7 @@ class LogEvents:
             _plural(len(outage.loops), "loop"),
             outage.first_cause,
         )
-        extra = _extra(event)
+        extra = extra_fields(event)
         extra["resilient_connect_attempts"] = outage.attempts
         extra["resilient_connect_loops"] = len(outage.loops)
         return [(_INFO, OUTAGE_OVER_MESSAGE, args, extra)]
@@ -292,7 +292,8 @@ def _interval_from_env() -> float:
     return seconds if seconds >= 0 else DEFAULT_SUMMARY_INTERVAL
 
 
-def _extra(event: Event) -> dict[str, Any]:
+def extra_fields(event: Event) -> dict[str, Any]:
+    """The namespaced ``extra`` keys of an event's log record (also structlog's keys)."""
     extra: dict[str, Any] = {
         "resilient_connect_event": type(event).__name__,
         "resilient_connect_target": event.target,

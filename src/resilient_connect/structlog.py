@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from ._events import GaveUp, NotRetried, RetryScheduled
 from ._exporting import missing_extra
-from ._logging import _render
+from ._logging import _render, extra_fields
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -65,15 +65,7 @@ class StructlogHook:
 
     def __call__(self, event: Event) -> None:
         level, message, args = _render(event)
-        keys: dict[str, object] = {
-            "resilient_connect_event": type(event).__name__,
-            "resilient_connect_target": event.target,
-            "resilient_connect_attempt": event.attempt,
-            "resilient_connect_elapsed": event.elapsed,
-            "resilient_connect_cause": event.cause,
-        }
-        if isinstance(event, RetryScheduled):
-            keys["resilient_connect_delay"] = event.delay
+        keys: dict[str, object] = extra_fields(event)
         if isinstance(event, (RetryScheduled, GaveUp, NotRetried)):
             keys["resilient_connect_rule"] = event.rule
         if isinstance(event, GaveUp):
