@@ -209,9 +209,7 @@ class _Startup:
 
         # Abandoned at the deadline: psycopg would wait up to 5 s for the server (or a
         # paused pgbouncer, which never answers) to confirm the cancelled query.
-        await await_within(
-            round_trip(), left + _CUT_GRACE, timeout_error=_no_answer, abandon=True
-        )
+        await await_within(round_trip(), left + _CUT_GRACE, timeout_error=_no_answer, abandon=True)
 
 
 def _nothing(_late: object) -> None:
