@@ -67,8 +67,7 @@ def _check(caught: pytest.ExceptionInfo[rc.RetryExhausted], elapsed: float) -> N
 @pytest.mark.parametrize("adapter", ADAPTERS)
 @pytest.mark.parametrize("outer", ["decorator", "connect_with_retry"])
 def test_library_loops_end_at_the_outer_deadline(api: Api, free_port: int, outer: str) -> None:
-    """Every library loop (asyncio: SQLAlchemy's greenlets included) stops at the application's
-    2 s deadline, which then gives up."""
+    """Each library loop (greenlets too) stops at the app's 2 s deadline, which then gives up."""
     call, is_transient = _library_call(api, free_port)
     if outer == "decorator":
         run = rc.retry(on=is_transient, policy=OUTER, hooks=())(call)

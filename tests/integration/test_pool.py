@@ -137,9 +137,7 @@ def test_survives_an_outage_longer_than_reconnect_timeout(
 def test_slot_given_up_by_psycopg_pool_is_rearmed(
     api: PsycopgApi, make_postgres: Callable[..., PostgresServer]
 ) -> None:
-    """With a bounded reconnect policy psycopg_pool gives up on the slots, reconnect_failed
-    is called (awaited when it is a coroutine function), and the slots are re-armed: the
-    pool refills by itself after the outage."""
+    """Slots psycopg_pool gave up (reconnect_failed called, or awaited) refill by themselves."""
     server = make_postgres()
     failed: list[object] = []
 

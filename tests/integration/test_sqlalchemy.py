@@ -146,8 +146,7 @@ def test_blackhole_start_up_bounded_by_the_deadline(
     earliest: float,
     latest: float,
 ) -> None:
-    """Against a server that never answers, the start-up gives up at the policy's deadline,
-    also one shorter than libpq's 2 s minimum connect timeout."""
+    """Against a silent server the start-up gives up at the deadline, also below libpq's 2 s."""
     proxy = fault_proxy(postgres.address)
     proxy.blackhole()
     policy = Backoff(initial=0.1, maximum=0.5, timeout=timeout)
