@@ -10,16 +10,13 @@ and the outer call must give up at once, saying why.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import pytest
-import redis
-import redis.asyncio
 
 import resilient_connect as rc
+from harness.api import FLAVOURS, Api, PsycopgApi, RedisApi, SqlalchemyApi, open_api
 from resilient_connect import psycopg as rc_psycopg
 from resilient_connect import redis as rc_redis
 from resilient_connect import sqlalchemy as rc_sqlalchemy
@@ -31,62 +28,30 @@ DEADLINE = 2.0
 LATEST = DEADLINE + 0.5
 OUTER = rc.Backoff(initial=0.05, maximum=0.2, timeout=DEADLINE)
 
-
-def _sync_calls(
-    port: int,
-) -> dict[str, tuple[Callable[[], object], Callable[[BaseException], bool]]]:
-    client = redis.Redis(
-        host="127.0.0.1",
-        port=port,
-        retry=rc_redis.runtime_retry(hooks=()),
-        socket_connect_timeout=1,
-    )
-    engine = rc_sqlalchemy.create_engine(
-        f"postgresql+psycopg://app:pw@127.0.0.1:{port}/app", lazy=True, hooks=()
-    )
-
-    def sa_connect() -> None:
-        with engine.connect():
-            pass
-
-    def pg_connect() -> None:
-        rc_psycopg.connect_with_retry(f"postgresql://app:pw@127.0.0.1:{port}/app", hooks=())
-
-    return {
-        "redis": (client.ping, rc_redis.is_transient),
-        "sqlalchemy": (sa_connect, rc_sqlalchemy.is_transient),
-        "psycopg": (pg_connect, rc_psycopg.is_transient),
-    }
+ADAPTERS = ["redis", "sqlalchemy", "psycopg"]
+APIS: dict[str, type[Api]] = {"redis": RedisApi, "sqlalchemy": SqlalchemyApi, "psycopg": PsycopgApi}
 
 
-async def _async_calls(
-    port: int,
-) -> dict[str, tuple[Callable[[], Awaitable[object]], Callable[[BaseException], bool]]]:
-    client = redis.asyncio.Redis(
-        host="127.0.0.1",
-        port=port,
-        retry=rc_redis.aruntime_retry(hooks=()),
-        socket_connect_timeout=1,
-    )
-    engine = await rc_sqlalchemy.create_async_engine(
-        f"postgresql+psycopg://app:pw@127.0.0.1:{port}/app", lazy=True, hooks=()
-    )
+@pytest.fixture(params=FLAVOURS)
+def api(request: pytest.FixtureRequest, adapter: str) -> Iterator[Api]:
+    """The adapter's sync entry points, then their asyncio twins (harness.api)."""
+    with open_api(APIS[adapter], str(request.param)) as flavour:
+        yield flavour
 
-    async def sa_connect() -> None:
-        async with engine.connect():
-            pass
 
-    async def pg_connect() -> None:
-        await rc_psycopg.aconnect_with_retry(f"postgresql://app:pw@127.0.0.1:{port}/app", hooks=())
-
-    async def ping() -> object:  # redis.asyncio's ping is a plain function returning a coroutine
-        return await client.ping()
-
-    return {
-        "redis": (ping, rc_redis.is_transient),
-        "sqlalchemy": (sa_connect, rc_sqlalchemy.is_transient),
-        "psycopg": (pg_connect, rc_psycopg.is_transient),
-    }
+def _library_call(api: Api, port: int) -> tuple[Callable[[], object], Callable[[Exception], bool]]:
+    """A call into a client or engine built by this library (nothing listens on ``port``),
+    which runs one of the library's own loops, and the adapter's transient test."""
+    if isinstance(api, RedisApi):
+        client = api.client(runtime_hooks=(), host="127.0.0.1", port=port, socket_connect_timeout=1)
+        return api.command_call(client, "ping"), rc_redis.is_transient
+    if isinstance(api, SqlalchemyApi):
+        url = f"postgresql+psycopg://app:pw@127.0.0.1:{port}/app"
+        engine = api.create_engine(url, lazy=True, hooks=())
+        return api.connect_call(engine), rc_sqlalchemy.is_transient
+    assert isinstance(api, PsycopgApi)
+    url = f"postgresql://app:pw@127.0.0.1:{port}/app"
+    return api.connect_call(url, hooks=()), rc_psycopg.is_transient
 
 
 def _check(caught: pytest.ExceptionInfo[rc.RetryExhausted], elapsed: float) -> None:
@@ -99,63 +64,43 @@ def _check(caught: pytest.ExceptionInfo[rc.RetryExhausted], elapsed: float) -> N
     assert "deadline reached inside the retry loop of" in str(error)
 
 
-ADAPTERS = ["redis", "sqlalchemy", "psycopg"]
-
-
 @pytest.mark.parametrize("adapter", ADAPTERS)
 @pytest.mark.parametrize("outer", ["decorator", "connect_with_retry"])
-def test_sync_library_loops_end_at_the_outer_deadline(
-    free_port: int, adapter: str, outer: str
-) -> None:
-    """Sync: every library loop stops at the application's 2 s deadline, which then gives up."""
-    call, is_transient = _sync_calls(free_port)[adapter]
+def test_library_loops_end_at_the_outer_deadline(api: Api, free_port: int, outer: str) -> None:
+    """Each library loop (greenlets too) stops at the app's 2 s deadline, which then gives up."""
+    call, is_transient = _library_call(api, free_port)
     if outer == "decorator":
         run = rc.retry(on=is_transient, policy=OUTER, hooks=())(call)
     else:
-
-        def run() -> object:
-            return rc.connect_with_retry(call, policy=OUTER, on=is_transient, hooks=())
-
+        run = api.deferred(
+            rc.connect_with_retry,
+            rc.aconnect_with_retry,
+            call,
+            policy=OUTER,
+            on=is_transient,
+            hooks=(),
+        )
     began = time.monotonic()
     with pytest.raises(rc.RetryExhausted) as caught:
-        run()
+        api.run(run())
     _check(caught, time.monotonic() - began)
 
 
-@pytest.mark.parametrize("adapter", ADAPTERS)
-@pytest.mark.parametrize("outer", ["decorator", "connect_with_retry"])
-def test_async_library_loops_end_at_the_outer_deadline(
-    free_port: int, adapter: str, outer: str
-) -> None:
-    """asyncio: the same, through the asyncio twins (SQLAlchemy's greenlets included)."""
-
-    async def scenario() -> float:
-        call, is_transient = (await _async_calls(free_port))[adapter]
-        if outer == "decorator":
-            run = rc.retry(on=is_transient, policy=OUTER, hooks=())(call)
-        else:
-
-            async def run() -> object:
-                return await rc.aconnect_with_retry(call, policy=OUTER, on=is_transient, hooks=())
-
-        began = time.monotonic()
-        with pytest.raises(rc.RetryExhausted) as caught:
-            await run()
-        elapsed = time.monotonic() - began
-        _check(caught, elapsed)
-        return elapsed
-
-    asyncio.run(scenario())
-
-
-def test_start_up_wait_inside_the_application_loop_is_bounded(free_port: int) -> None:
-    """create_engine's own start-up wait (60 s by default) stops at the enclosing 2 s too."""
+@pytest.mark.parametrize("adapter", ["sqlalchemy"])
+def test_start_up_wait_inside_the_application_loop_is_bounded(api: Api, free_port: int) -> None:
+    """The engine's own start-up wait (60 s by default) stops at the enclosing 2 s too."""
     url = f"postgresql+psycopg://app:pw@127.0.0.1:{free_port}/app"
-
-    def make() -> Any:
-        return rc_sqlalchemy.create_engine(url, hooks=())
-
+    make = api.deferred(
+        rc_sqlalchemy.create_engine, rc_sqlalchemy.create_async_engine, url, hooks=()
+    )
     began = time.monotonic()
     with pytest.raises(rc.RetryExhausted) as caught:
-        rc.connect_with_retry(make, policy=OUTER, on=rc_sqlalchemy.is_transient, hooks=())
+        api.call(
+            rc.connect_with_retry,
+            rc.aconnect_with_retry,
+            make,
+            policy=OUTER,
+            on=rc_sqlalchemy.is_transient,
+            hooks=(),
+        )
     _check(caught, time.monotonic() - began)

@@ -1,13 +1,12 @@
 """resilient_connect.psycopg against real PostgreSQL servers, sync and async from one scenario.
 
-Each scenario is a plain (sync) test parametrised over ``mode``: "sync" calls
-connect_with_retry, "async" runs aconnect_with_retry in a fresh event loop. Servers change
-state from timer threads while the client waits.
+Each scenario is a plain test run once per flavour of the ``api`` fixture (harness.api):
+connect_with_retry, then aconnect_with_retry on an event loop kept for the whole test.
+Servers change state from timer threads while the client waits.
 """
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import os
@@ -26,6 +25,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from harness import FaultProxy, PostgresServer, kv_quote
+from harness.api import PsycopgApi, api_fixture
 from resilient_connect import (
     Backoff,
     GaveUp,
@@ -37,7 +37,7 @@ from resilient_connect import (
 )
 from resilient_connect._bounded import THREAD_NAME
 from resilient_connect._events import Event
-from resilient_connect.psycopg import aconnect_with_retry, classify, connect_with_retry
+from resilient_connect.psycopg import classify
 from resilient_connect.testing import instant_waits
 
 pytestmark = pytest.mark.integration
@@ -51,10 +51,7 @@ FAIL_FAST_LIMIT = 2.0
 OVERSHOOT_LIMIT = 0.5
 
 
-@pytest.fixture(params=["sync", "async"])
-def mode(request: pytest.FixtureRequest) -> str:
-    """Run the scenario with connect_with_retry and with aconnect_with_retry."""
-    return str(request.param)
+api = api_fixture(PsycopgApi)
 
 
 class Recorder:
@@ -71,27 +68,6 @@ class Recorder:
 
     def of(self, kind: type[Event]) -> list[Event]:
         return [e for e in self.events if isinstance(e, kind)]
-
-
-def query(mode: str, conninfo: str = "", sql: str = "select 1", **kwargs: Any) -> Any:
-    """Connect with retry in ``mode``, run ``sql``, close, and return the first row."""
-    if mode == "sync":
-        with connect_with_retry(conninfo, **kwargs) as conn:
-            return conn.execute(sql).fetchone()
-
-    async def run() -> Any:
-        async with await aconnect_with_retry(conninfo, **kwargs) as conn:
-            cur = await conn.execute(sql)
-            return await cur.fetchone()
-
-    return asyncio.run(run())
-
-
-def failing(mode: str, conninfo: str = "", **kwargs: Any) -> BaseException:
-    """Connect with retry in ``mode``, expecting an exception; return it."""
-    with pytest.raises(Exception) as info:
-        query(mode, conninfo, **kwargs)
-    return info.value
 
 
 @contextmanager
@@ -123,12 +99,12 @@ def wait_for_helper_threads(timeout: float = 15.0) -> int:
 # --------------------------------------------------------------------------- server comes and goes
 
 
-def test_late_start(mode: str, make_postgres: MakePostgres) -> None:
+def test_late_start(api: PsycopgApi, make_postgres: MakePostgres) -> None:
     """A server that starts while the client waits is reached; refused attempts were retried."""
     server = make_postgres(start=False)
     hooks = Recorder()
     with later(0.5, server.launch):
-        row = query(mode, server.url, policy=FAST, hooks=[hooks])
+        row = api.query(server.url, policy=FAST, hooks=[hooks])
     assert row == (1,)
     assert "pg:refused" in hooks.rules()
     assert hooks.rules() <= {"pg:refused", "pg:starting-up", "pg:recovering"}
@@ -136,7 +112,7 @@ def test_late_start(mode: str, make_postgres: MakePostgres) -> None:
     assert recovered.attempt > 1
 
 
-def test_restart(mode: str, make_postgres: MakePostgres) -> None:
+def test_restart(api: PsycopgApi, make_postgres: MakePostgres) -> None:
     """After a restart, the old session's error is transient and a new connect recovers."""
     server = make_postgres()
     with psycopg.connect(server.url, autocommit=True) as old:
@@ -148,19 +124,19 @@ def test_restart(mode: str, make_postgres: MakePostgres) -> None:
     hooks = Recorder()
     with later(0.3, server.launch):
         start = time.monotonic()
-        row = query(mode, server.conninfo, policy=FAST, hooks=[hooks])
+        row = api.query(server.conninfo, policy=FAST, hooks=[hooks])
         elapsed = time.monotonic() - start
     assert row == (1,)
     assert hooks.of(Recovered)
     assert 0.3 <= elapsed < 10
 
 
-def test_refused_until_deadline(mode: str, free_port: int) -> None:
+def test_refused_until_deadline(api: PsycopgApi, free_port: int) -> None:
     """Nothing listening: attempts repeat until the deadline, then RetryExhausted, on time."""
     hooks = Recorder()
     policy = Backoff(initial=0.05, maximum=0.2, timeout=1.5)
     start = time.monotonic()
-    exc = failing(mode, host="127.0.0.1", port=free_port, policy=policy, hooks=[hooks])
+    exc = api.failing(host="127.0.0.1", port=free_port, policy=policy, hooks=[hooks])
     elapsed = time.monotonic() - start
     assert isinstance(exc, RetryExhausted)
     assert exc.reason == "deadline"
@@ -172,7 +148,7 @@ def test_refused_until_deadline(mode: str, free_port: int) -> None:
 
 @pytest.mark.parametrize("connect_timeout", [None, 2])
 def test_blackhole_bounded_by_deadline(
-    mode: str,
+    api: PsycopgApi,
     connect_timeout: int | None,
     postgres: PostgresServer,
     fault_proxy: MakeProxy,
@@ -192,9 +168,7 @@ def test_blackhole_bounded_by_deadline(
     gc.disable()
     try:
         start = time.monotonic()
-        exc = failing(
-            mode, postgres.url_for(port=proxy.port), policy=policy, hooks=[hooks], **extra
-        )
+        exc = api.failing(postgres.url_for(port=proxy.port), policy=policy, hooks=[hooks], **extra)
         overshoot = time.monotonic() - start - 3.0
         assert wait_for_helper_threads() == 0
         proxy.cut_all()
@@ -209,7 +183,7 @@ def test_blackhole_bounded_by_deadline(
 
 
 def test_no_deadline_still_bounds_each_host(
-    mode: str, postgres: PostgresServer, fault_proxy: MakeProxy
+    api: PsycopgApi, postgres: PostgresServer, fault_proxy: MakeProxy
 ) -> None:
     """Without a deadline an attempt is bounded by connect_timeout alone and leaks no socket."""
     proxy = fault_proxy(postgres.address)
@@ -219,8 +193,8 @@ def test_no_deadline_still_bounds_each_host(
     gc.disable()
     try:
         start = time.monotonic()
-        exc = failing(
-            mode, postgres.url_for(port=proxy.port), policy=policy, hooks=(), connect_timeout=2
+        exc = api.failing(
+            postgres.url_for(port=proxy.port), policy=policy, hooks=(), connect_timeout=2
         )
         elapsed = time.monotonic() - start
         proxy.cut_all()
@@ -244,12 +218,12 @@ def test_no_deadline_still_bounds_each_host(
     ],
 )
 def test_permanent_errors_fail_on_first_attempt(
-    mode: str, postgres: PostgresServer, change: dict[str, str], rule: str
+    api: PsycopgApi, postgres: PostgresServer, change: dict[str, str], rule: str
 ) -> None:
     """Wrong password and unknown database raise psycopg's error after exactly one attempt."""
     hooks = Recorder()
     start = time.monotonic()
-    exc = failing(mode, postgres.url_for(**change), policy=FAST, hooks=[hooks])
+    exc = api.failing(postgres.url_for(**change), policy=FAST, hooks=[hooks])
     elapsed = time.monotonic() - start
     assert type(exc) is psycopg.OperationalError
     [event] = hooks.events
@@ -263,7 +237,7 @@ def test_permanent_errors_fail_on_first_attempt(
 
 
 def test_too_many_connections_recovers_when_a_slot_frees(
-    mode: str, make_postgres: MakePostgres
+    api: PsycopgApi, make_postgres: MakePostgres
 ) -> None:
     """With every non-reserved slot taken the connect is retried and succeeds once one frees."""
     server = make_postgres(extra_conf={"max_connections": 5, "superuser_reserved_connections": 3})
@@ -274,7 +248,7 @@ def test_too_many_connections_recovers_when_a_slot_frees(
         assert classify(full.value).rule == "pg:too-many-connections"
         hooks = Recorder()
         with later(0.5, held[0].close):
-            row = query(mode, server.url, policy=FAST, hooks=[hooks])
+            row = api.query(server.url, policy=FAST, hooks=[hooks])
     finally:
         for conn in held:
             conn.close()
@@ -283,13 +257,13 @@ def test_too_many_connections_recovers_when_a_slot_frees(
     assert hooks.of(Recovered)
 
 
-def test_standby_57p03_until_promoted(mode: str, make_postgres: MakePostgres) -> None:
+def test_standby_57p03_until_promoted(api: PsycopgApi, make_postgres: MakePostgres) -> None:
     """A real 57P03 (standby, hot_standby off) is retried until the server runs as a primary."""
     server = make_postgres()
     server.start_as_standby()
     hooks = Recorder()
     with later(0.5, server.end_standby):
-        row = query(mode, server.url, policy=FAST, hooks=[hooks])
+        row = api.query(server.url, policy=FAST, hooks=[hooks])
     assert row == (1,)
     assert "pg:standby" in hooks.rules()
     # end_standby() stops and starts the server: what a client sees meanwhile varies
@@ -305,14 +279,14 @@ def test_standby_57p03_until_promoted(mode: str, make_postgres: MakePostgres) ->
 
 
 def test_starting_up_replayed_then_up(
-    mode: str, postgres: PostgresServer, fault_proxy: MakeProxy
+    api: PsycopgApi, postgres: PostgresServer, fault_proxy: MakeProxy
 ) -> None:
     """The server's real "starting up" FATAL (replayed by the proxy) is retried until it is up."""
     proxy = fault_proxy(postgres.address)
     proxy.replay_pg_fatal("57P03", "the database system is starting up")
     hooks = Recorder()
     with later(0.4, proxy.pass_through):
-        row = query(mode, postgres.url_for(port=proxy.port), policy=FAST, hooks=[hooks])
+        row = api.query(postgres.url_for(port=proxy.port), policy=FAST, hooks=[hooks])
     assert row == (1,)
     assert hooks.rules() == {"pg:starting-up"}
 
@@ -320,19 +294,19 @@ def test_starting_up_replayed_then_up(
 # --------------------------------------------------------------------------- several hosts
 
 
-def test_multi_host_one_down(mode: str, postgres: PostgresServer, free_port: int) -> None:
+def test_multi_host_one_down(api: PsycopgApi, postgres: PostgresServer, free_port: int) -> None:
     """host=a,b with a down connects to b within the first attempt, without a retry."""
     hooks = Recorder()
     conninfo = postgres.conninfo_for(
         host="127.0.0.1,127.0.0.1", port=f"{free_port},{postgres.port}"
     )
-    row = query(mode, conninfo, "select inet_server_port()", policy=FAST, hooks=[hooks])
+    row = api.query(conninfo, "select inet_server_port()", policy=FAST, hooks=[hooks])
     assert row == (postgres.port,)
     assert hooks.events == []
 
 
 def test_target_session_attrs_waits_for_a_primary(
-    mode: str, make_postgres: MakePostgres, free_port: int
+    api: PsycopgApi, make_postgres: MakePostgres, free_port: int
 ) -> None:
     """With only a read-only host up, read-write is retried (pg:session-attrs) until it turns
     writable; the down host in the list does not matter."""
@@ -349,7 +323,7 @@ def test_target_session_attrs_waits_for_a_primary(
 
     hooks = Recorder()
     with later(0.5, promote):
-        row = query(mode, conninfo, "show transaction_read_only", policy=FAST, hooks=[hooks])
+        row = api.query(conninfo, "show transaction_read_only", policy=FAST, hooks=[hooks])
     assert row == ("off",)
     assert "pg:session-attrs" in hooks.rules()
 
@@ -363,7 +337,7 @@ def _password_forms(password: str) -> list[str]:
 
 @pytest.mark.parametrize("form", ["url", "keyvalue", "keyword"])
 def test_password_never_leaks(
-    mode: str,
+    api: PsycopgApi,
     form: str,
     postgres: PostgresServer,
     free_port: int,
@@ -378,7 +352,7 @@ def test_password_never_leaks(
     }[form]
     hooks = Recorder()
     caplog.set_level(logging.DEBUG, logger="resilient_connect")
-    exc = failing(mode, policy=Backoff(initial=0.05, timeout=0.4), hooks=[log_event, hooks], **args)
+    exc = api.failing(policy=Backoff(initial=0.05, timeout=0.4), hooks=[log_event, hooks], **args)
     assert isinstance(exc, RetryExhausted)
     # psycopg's error keeps the password in exc.pgconn (psycopg's design); our texts do not.
     texts = [
@@ -400,11 +374,11 @@ def test_password_never_leaks(
 
 
 def test_permanent_error_log_hides_password(
-    mode: str, postgres: PostgresServer, caplog: pytest.LogCaptureFixture
+    api: PsycopgApi, postgres: PostgresServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The NotRetried log line of a failed login names the target without its password."""
     caplog.set_level(logging.DEBUG, logger="resilient_connect")
-    exc = failing(mode, postgres.url_for(dbname="nosuchdb"), policy=FAST)
+    exc = api.failing(postgres.url_for(dbname="nosuchdb"), policy=FAST)
     assert isinstance(exc, psycopg.OperationalError)
     assert "pg:database-missing" in caplog.text
     assert "postgresql://app:***@" in caplog.text
@@ -412,26 +386,30 @@ def test_permanent_error_log_hides_password(
         assert secret not in caplog.text
 
 
-def test_connection_repr_has_no_password(postgres: PostgresServer) -> None:
+def test_connection_repr_has_no_password(api: PsycopgApi, postgres: PostgresServer) -> None:
     """The connection we return is psycopg's own; its repr shows no password."""
-    with connect_with_retry(postgres.url, policy=FAST) as conn:
-        assert postgres.password not in repr(conn)
-        assert "password" not in conn.info.dsn
+    conn = api.connect(postgres.url, policy=FAST)
+    assert isinstance(conn, api.pick(psycopg.Connection, psycopg.AsyncConnection))
+    assert postgres.password not in repr(conn)
+    assert "password" not in conn.info.dsn
 
 
 # --------------------------------------------------------------------------- resources
 
 
-def test_thousand_refused_attempts_leave_fds_and_threads_flat(mode: str, free_port: int) -> None:
+def test_thousand_refused_attempts_leave_fds_and_threads_flat(
+    api: PsycopgApi, free_port: int
+) -> None:
     """1000 refused attempts (under a deadline: on helper threads when sync) leak nothing."""
     policy = Backoff(initial=0.01, maximum=0.01, attempts=1000, timeout=100_000)
     hooks = Recorder()
     with instant_waits():
         # Warm-up: the first connect loads libraries and creates lazily opened files.
-        failing(mode, host="127.0.0.1", port=free_port, policy=policy.replace(attempts=2), hooks=())
+        api.failing(host="127.0.0.1", port=free_port, policy=policy.replace(attempts=2), hooks=())
         assert wait_for_helper_threads() == 0
+        gc.collect()  # an earlier test's garbage (a socket in a cycle) must not close mid-count
         fds, threads = open_fds(), threading.active_count()
-        exc = failing(mode, host="127.0.0.1", port=free_port, policy=policy, hooks=[hooks])
+        exc = api.failing(host="127.0.0.1", port=free_port, policy=policy, hooks=[hooks])
     assert isinstance(exc, RetryExhausted)
     assert exc.attempts == 1000
     assert wait_for_helper_threads() == 0
@@ -442,32 +420,15 @@ def test_thousand_refused_attempts_leave_fds_and_threads_flat(mode: str, free_po
 # --------------------------------------------------------------------------- psycopg options
 
 
-def test_psycopg_options_pass_through(mode: str, postgres: PostgresServer) -> None:
+def test_psycopg_options_pass_through(api: PsycopgApi, postgres: PostgresServer) -> None:
     """autocommit, row_factory and prepare_threshold reach psycopg (here without a deadline)."""
-    if mode == "sync":
-        with connect_with_retry(
-            postgres.url,
-            autocommit=True,
-            row_factory=dict_row,
-            prepare_threshold=None,
-            policy=Backoff(attempts=3, timeout=None),
-        ) as conn:
-            assert conn.autocommit
-            assert conn.prepare_threshold is None
-            assert conn.execute("select 1 as one").fetchone() == {"one": 1}
-        return
-
-    async def run() -> None:
-        async with await aconnect_with_retry(
-            postgres.url,
-            autocommit=True,
-            row_factory=dict_row,
-            prepare_threshold=None,
-            policy=Backoff(attempts=3, timeout=None),
-        ) as conn:
-            assert conn.autocommit
-            assert conn.prepare_threshold is None
-            cur = await conn.execute("select 1 as one")
-            assert await cur.fetchone() == {"one": 1}
-
-    asyncio.run(run())
+    conn = api.connect(
+        postgres.url,
+        autocommit=True,
+        row_factory=dict_row,
+        prepare_threshold=None,
+        policy=Backoff(attempts=3, timeout=None),
+    )
+    assert conn.autocommit
+    assert conn.prepare_threshold is None
+    assert api.fetchone(conn, "select 1 as one") == {"one": 1}

@@ -1,14 +1,13 @@
 """resilient_connect.redis against real Redis servers, sentinels and a one-node cluster.
 
-Each scenario is a plain test parametrised over ``mode``: "sync" uses the sync functions and
-clients, "async" the asyncio twins on one event loop kept for the whole test (an asyncio
-client belongs to the loop it was created on). Servers change state from timer threads
-while the client waits or works.
+Each scenario is a plain test run once per flavour of the ``api`` fixture (harness.api):
+the sync functions and clients, then the asyncio twins on one event loop kept for the whole
+test (an asyncio client belongs to the loop it was created on). Servers change state from
+timer threads while the client waits or works.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -29,6 +28,7 @@ import redis.exceptions as rx
 import redis.retry
 
 from harness import FaultProxy, RedisSentinel, RedisServer, free_port
+from harness.api import RedisApi, api_fixture
 from resilient_connect import (
     Backoff,
     GaveUp,
@@ -40,10 +40,6 @@ from resilient_connect import (
 from resilient_connect._events import Event
 from resilient_connect.redis import (
     DEFAULT_RUNTIME_POLICY,
-    aconnect_sentinel_with_retry,
-    aconnect_with_retry,
-    connect_sentinel_with_retry,
-    connect_with_retry,
 )
 
 pytestmark = pytest.mark.integration
@@ -76,64 +72,7 @@ class Recorder:
         return [e for e in self.events if isinstance(e, kind)]
 
 
-class Api:
-    """The sync or asyncio flavour of the adapter, behind one interface for the scenarios."""
-
-    def __init__(self, mode: str) -> None:
-        self.mode = mode
-        self.loop = asyncio.new_event_loop() if mode == "async" else None
-        self.clients: list[Any] = []
-
-    def _run(self, value: Any) -> Any:
-        if self.loop is None:
-            return value
-        return self.loop.run_until_complete(value)
-
-    def connect(self, url: str, **kwargs: Any) -> Any:
-        """connect_with_retry / aconnect_with_retry; the client is closed at teardown."""
-        if "factory" in kwargs:
-            kwargs["factory"] = kwargs["factory"][self.mode]
-        if self.loop is None:
-            client = connect_with_retry(url, **kwargs)
-        else:
-            client = self._run(aconnect_with_retry(url, **kwargs))
-        self.clients.append(client)
-        return client
-
-    def sentinel(self, sentinels: list[tuple[str, int]], name: str, **kwargs: Any) -> Any:
-        """connect_sentinel_with_retry / its asyncio twin."""
-        if self.loop is None:
-            client = connect_sentinel_with_retry(sentinels, name, **kwargs)
-        else:
-            client = self._run(aconnect_sentinel_with_retry(sentinels, name, **kwargs))
-        self.clients.append(client)
-        # The Sentinel object (and its clients) lives on in the master's pool; close it too.
-        self.clients.append(client.connection_pool.sentinel_manager)
-        return client
-
-    def do(self, client: Any, command: str, *args: Any) -> Any:
-        """Run one client method (awaited in async mode)."""
-        return self._run(getattr(client, command)(*args))
-
-    def close(self) -> None:
-        for client in self.clients:
-            if self.loop is None:
-                client.close()
-            else:
-                self._run(client.aclose())
-        if self.loop is not None:
-            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
-            self.loop.close()
-
-
-@pytest.fixture(params=["sync", "async"])
-def api(request: pytest.FixtureRequest) -> Iterator[Api]:
-    """Run the scenario with the sync functions and with their asyncio twins."""
-    flavour = Api(str(request.param))
-    try:
-        yield flavour
-    finally:
-        flavour.close()
+api = api_fixture(RedisApi)
 
 
 @contextmanager
@@ -157,7 +96,7 @@ def _bridge_policy(client: Any) -> Backoff | None:
 # Start-up
 
 
-def test_late_start(api: Api, make_redis: MakeRedis) -> None:
+def test_late_start(api: RedisApi, make_redis: MakeRedis) -> None:
     """A server launched after the client began waiting is reached; the wait is logged."""
     server = make_redis(start=False)
     recorder = Recorder()
@@ -169,7 +108,7 @@ def test_late_start(api: Api, make_redis: MakeRedis) -> None:
 
 
 def test_returned_client_keeps_its_probe_connection_and_bridge(
-    api: Api, redis_server: RedisServer
+    api: RedisApi, redis_server: RedisServer
 ) -> None:
     """The client has answered PING on a pooled connection that carries the runtime bridge."""
     client = api.connect(redis_server.url, hooks=())
@@ -180,9 +119,9 @@ def test_returned_client_keeps_its_probe_connection_and_bridge(
     assert pooled[0].socket_timeout == 5
 
 
-def test_own_retry_is_kept(api: Api, redis_server: RedisServer) -> None:
+def test_own_retry_is_kept(api: RedisApi, redis_server: RedisServer) -> None:
     """With redis-py's own retry=, the probe is still one attempt and the client keeps theirs."""
-    retry_class = redis.asyncio.retry.Retry if api.mode == "async" else redis.retry.Retry
+    retry_class = api.pick(redis.retry.Retry, redis.asyncio.retry.Retry)
     own = retry_class(redis.backoff.ConstantBackoff(0.01), 3)
     client = api.connect(redis_server.url, hooks=(), retry=own)
     assert api.do(client, "ping") is True
@@ -192,7 +131,7 @@ def test_own_retry_is_kept(api: Api, redis_server: RedisServer) -> None:
 
 
 def test_unix_socket_late_start_and_kwargs_pass_through(
-    api: Api, make_redis: MakeRedis, tmp_path: Path
+    api: RedisApi, make_redis: MakeRedis, tmp_path: Path
 ) -> None:
     """unix:// URLs, their ?db= query and from_url keywords pass through; a missing socket
     file (server not started yet) is waited for."""
@@ -209,7 +148,7 @@ def test_unix_socket_late_start_and_kwargs_pass_through(
     assert "redis:connection" in recorder.rules()
 
 
-def test_rediss_url_speaks_tls(api: Api, redis_server: RedisServer) -> None:
+def test_rediss_url_speaks_tls(api: RedisApi, redis_server: RedisServer) -> None:
     """rediss:// and ssl_* keywords reach redis-py: the port that answers redis:// times out
     a TLS handshake (transient), and the deadline ends the wait."""
     plain = f"redis://{redis_server.host}:{redis_server.port}/0"
@@ -224,7 +163,7 @@ def test_rediss_url_speaks_tls(api: Api, redis_server: RedisServer) -> None:
     assert elapsed <= 1.0 + OVERSHOOT_LIMIT
 
 
-def test_loading_is_waited_through(api: Api, make_redis: MakeRedis) -> None:
+def test_loading_is_waited_through(api: RedisApi, make_redis: MakeRedis) -> None:
     """A real LOADING window (dataset read at start-up) is retried until the data is there."""
     server = make_redis()
     server.populate_and_save(1000)
@@ -237,7 +176,7 @@ def test_loading_is_waited_through(api: Api, make_redis: MakeRedis) -> None:
 
 @pytest.mark.parametrize("form", ["wrong in URL", "missing", "wrong keyword"])
 def test_bad_or_missing_password_fails_on_first_attempt(
-    api: Api, redis_auth: RedisServer, form: str
+    api: RedisApi, redis_auth: RedisServer, form: str
 ) -> None:
     """Wrong and missing passwords raise AuthenticationError after one attempt, in milliseconds."""
     recorder = Recorder()
@@ -260,7 +199,7 @@ def test_bad_or_missing_password_fails_on_first_attempt(
 
 
 def test_blackhole_bounded_by_deadline(
-    api: Api, redis_server: RedisServer, fault_proxy: MakeProxy
+    api: RedisApi, redis_server: RedisServer, fault_proxy: MakeProxy
 ) -> None:
     """A server that accepts and never answers costs the deadline, not 5 s per attempt,
     even when the URL asks for 30 s socket timeouts (URL options beat keywords in from_url)."""
@@ -280,7 +219,7 @@ def test_blackhole_bounded_by_deadline(
 # Runtime bridge
 
 
-def test_runtime_bridge_absorbs_kill_and_restart(api: Api, make_redis: MakeRedis) -> None:
+def test_runtime_bridge_absorbs_kill_and_restart(api: RedisApi, make_redis: MakeRedis) -> None:
     """SIGKILL while the client is in use, restart 0.4 s later: the next command waits with
     our backoff, logs, and succeeds on the restarted server."""
     server = make_redis(password=PASSWORD)
@@ -301,7 +240,7 @@ def test_runtime_bridge_absorbs_kill_and_restart(api: Api, make_redis: MakeRedis
     assert 0.3 <= elapsed < RUNTIME.timeout  # type: ignore[operator]
 
 
-def test_runtime_bridge_gives_up_with_the_redis_error(api: Api, make_redis: MakeRedis) -> None:
+def test_runtime_bridge_gives_up_with_the_redis_error(api: RedisApi, make_redis: MakeRedis) -> None:
     """When the server stays away, the command ends at the runtime deadline with redis-py's
     own ConnectionError (so `except redis.ConnectionError` keeps working)."""
     server = make_redis()
@@ -322,7 +261,7 @@ def test_runtime_bridge_gives_up_with_the_redis_error(api: Api, make_redis: Make
 
 
 def test_sentinel_late_start_then_failover(
-    api: Api, make_redis: MakeRedis, make_redis_sentinel: MakeSentinel
+    api: RedisApi, make_redis: MakeRedis, make_redis_sentinel: MakeSentinel
 ) -> None:
     """Waits for a sentinel that starts late; after the master is killed, the client's next
     command rides out the failover and writes to the promoted replica."""
@@ -359,13 +298,7 @@ def test_sentinel_late_start_then_failover(
     )
 
 
-CLUSTER_FACTORIES = {
-    "sync": redis.cluster.RedisCluster.from_url,
-    "async": redis.asyncio.cluster.RedisCluster.from_url,
-}
-
-
-def test_cluster_factory_waits_for_slots(api: Api, make_redis: MakeRedis) -> None:
+def test_cluster_factory_waits_for_slots(api: RedisApi, make_redis: MakeRedis) -> None:
     """factory=RedisCluster.from_url waits until the cluster covers its slots, then the
     client carries the runtime retry and serves commands."""
     # The cluster bus listens on port + 10000 unless told otherwise, which is past 65535
@@ -379,7 +312,10 @@ def test_cluster_factory_waits_for_slots(api: Api, make_redis: MakeRedis) -> Non
         server.command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
 
     with later(0.3, assign_slots):
-        client = api.connect(server.url, factory=CLUSTER_FACTORIES, policy=FAST, hooks=[recorder])
+        factory = api.pick(
+            redis.cluster.RedisCluster.from_url, redis.asyncio.cluster.RedisCluster.from_url
+        )
+        client = api.connect(server.url, factory=factory, policy=FAST, hooks=[recorder])
     assert "redis:cluster-unreachable" in recorder.rules()
     assert api.do(client, "set", "k", "v") is True
     assert api.do(client, "get", "k") == b"v"
@@ -405,7 +341,7 @@ def _log_texts(records: list[logging.LogRecord]) -> list[str]:
 
 @pytest.mark.parametrize("form", ["url", "keyword"])
 def test_password_never_leaks(
-    api: Api,
+    api: RedisApi,
     redis_auth: RedisServer,
     free_port: int,
     form: str,

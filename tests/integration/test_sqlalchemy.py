@@ -1,31 +1,45 @@
 """resilient_connect.sqlalchemy against real PostgreSQL servers on loopback.
 
 Covers the start-up wait (late start, permanent errors, blackhole), runtime healing after a
-restart (sync, async, several threads), option pass-through and redaction. Recovery times
-are printed (``pytest -s``) so that they can be reported.
+restart (several threads too), option pass-through and redaction. Each scenario runs once
+per flavour of the ``api`` fixture (harness.api): ``create_engine`` and its ``Engine``, then
+``await create_async_engine`` and its ``AsyncEngine`` on one event loop kept for the whole
+test. Tests marked ``@SYNC_ONLY`` / ``@ASYNC_ONLY`` pin what only one flavour has (threads,
+``creator=`` / ``async_creator=``, an event loop that must keep running). Recovery times are
+printed (``pytest -s``) so that they can be reported.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import quote
 
+import psycopg
 import pytest
 import sqlalchemy
-from sqlalchemy import event, text
+from sqlalchemy import event
 
 from harness import FaultProxy, PostgresServer
+from harness.api import SqlalchemyApi, api_fixture, only
 from resilient_connect import Backoff, Event, GaveUp, NotRetried, Recovered, RetryExhausted
-from resilient_connect.sqlalchemy import create_async_engine, create_engine, is_transient
+from resilient_connect.sqlalchemy import is_transient
 
 pytestmark = pytest.mark.integration
 
 SCHEME = "postgresql+psycopg"
 FAST = Backoff(initial=0.05, maximum=0.5, timeout=20.0)
+# Waits short enough to tick the event loop's clock often, ending within about 1 s.
+SHORT = Backoff(initial=0.05, maximum=0.2, timeout=1.0)
+
+api = api_fixture(SqlalchemyApi)
+#: Behaviour only the sync flavour has (threads, ``creator=``).
+SYNC_ONLY = only("sync")
+#: Behaviour only the asyncio flavour has (a running event loop, ``async_creator=``).
+ASYNC_ONLY = only("async")
 
 
 def _url(server: PostgresServer, **parts: Any) -> str:
@@ -34,25 +48,6 @@ def _url(server: PostgresServer, **parts: Any) -> str:
 
 def _proxy_url(server: PostgresServer, proxy: FaultProxy) -> str:
     return server.url_for(scheme=SCHEME, port=proxy.port)
-
-
-def _scalar(engine: sqlalchemy.Engine, sql: str = "SELECT 1") -> Any:
-    with engine.connect() as connection:
-        return connection.execute(text(sql)).scalar()
-
-
-async def _ascalar(engine: Any, sql: str = "SELECT 1") -> Any:
-    async with engine.connect() as connection:
-        return (await connection.execute(text(sql))).scalar()
-
-
-def _poll(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    """Wait until ``condition()`` is true, failing after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting until {what}")
-        time.sleep(0.01)
 
 
 def _start_later(server: PostgresServer, delay: float) -> tuple[threading.Thread, list[float]]:
@@ -81,189 +76,139 @@ def restartable(make_postgres: Callable[..., PostgresServer]) -> PostgresServer:
     return make_postgres()
 
 
-@pytest.fixture
-def engines() -> Iterator[list[sqlalchemy.Engine]]:
-    """Sync engines to dispose of at teardown."""
-    made: list[sqlalchemy.Engine] = []
-    yield made
-    for engine in made:
-        engine.dispose()
-
-
 # ------------------------------------------------------------------ start-up
 def test_late_start_waits_until_the_server_answers(
-    make_postgres: Callable[..., PostgresServer], engines: list[sqlalchemy.Engine]
+    api: SqlalchemyApi, make_postgres: Callable[..., PostgresServer]
 ) -> None:
-    """create_engine returns only after a server that starts 1 s late answers SELECT 1."""
+    """The engine is returned only after a server that starts 1 s late answers SELECT 1."""
     server = make_postgres(start=False)
     thread, ready = _start_later(server, 1.0)
     began = time.monotonic()
-    engine = create_engine(_url(server), retry=FAST, hooks=())
+    engine = api.create_engine(_url(server), retry=FAST, hooks=())
     returned = time.monotonic()
-    engines.append(engine)
     thread.join(30)
     assert ready, "the server did not start"
     assert returned - began >= 0.9
     assert returned >= ready[0] - 0.5  # not before the server could answer
-    print(f"\nlate start: engine ready {returned - ready[0]:+.3f}s after the server")
-    assert _scalar(engine) == 1
+    print(f"\nlate start ({api.flavour}): ready {returned - ready[0]:+.3f}s after the server")
+    assert api.scalar(engine) == 1
 
 
-async def test_late_start_async(make_postgres: Callable[..., PostgresServer]) -> None:
-    """await create_async_engine waits for a late server without blocking the event loop."""
-    server = make_postgres(start=False)
-    thread, ready = _start_later(server, 1.0)
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.05)
-            ticks += 1
-
-    task = asyncio.create_task(ticker())
+@ASYNC_ONLY
+def test_start_up_wait_keeps_the_event_loop_running(api: SqlalchemyApi, free_port: int) -> None:
+    """While await create_async_engine waits for a server, the event loop keeps ticking."""
+    url = f"{SCHEME}://app:pw@127.0.0.1:{free_port}/app"
     began = time.monotonic()
-    try:
-        engine = await create_async_engine(_url(server), retry=FAST, hooks=())
-    finally:
-        task.cancel()
-    elapsed = time.monotonic() - began
-    await asyncio.to_thread(thread.join, 30)
-    try:
-        assert ready, "the server did not start"
-        assert elapsed >= 0.9
-        assert ticks >= 5, "the event loop was blocked while waiting"
-        assert await _ascalar(engine) == 1
-    finally:
-        await engine.dispose()
+    with api.loop_ticks() as ticks, pytest.raises(RetryExhausted):
+        api.create_engine(url, retry=SHORT, hooks=())
+    assert time.monotonic() - began >= 0.9
+    assert ticks.count >= 5, "the event loop was blocked while waiting"
 
 
 @pytest.mark.parametrize(
     ("parts", "marker"),
-    [({"password": "wrong-password"}, "password"), ({"dbname": "no_such_db"}, "does not exist")],
+    [
+        ({"password": "wrong-password"}, "password authentication"),
+        ({"dbname": "no_such_db"}, "does not exist"),
+    ],
     ids=["wrong-password", "unknown-database"],
 )
 def test_permanent_errors_fail_fast(
-    postgres: PostgresServer, events: list[Event], parts: dict[str, str], marker: str
+    api: SqlalchemyApi,
+    postgres: PostgresServer,
+    events: list[Event],
+    parts: dict[str, str],
+    marker: str,
 ) -> None:
     """A wrong password or unknown database raises SQLAlchemy's OperationalError at once."""
     began = time.monotonic()
     with pytest.raises(sqlalchemy.exc.OperationalError) as caught:
-        create_engine(_url(postgres, **parts), retry=FAST, hooks=[events.append])
+        api.create_engine(_url(postgres, **parts), retry=FAST, hooks=[events.append])
     elapsed = time.monotonic() - began
-    print(f"\n{parts}: failed after {elapsed:.3f}s")
+    print(f"\n{parts} ({api.flavour}): failed after {elapsed:.3f}s")
     assert elapsed < 2.0
     assert marker in str(caught.value)
     assert [type(e) for e in events] == [NotRetried]
     assert not is_transient(caught.value)
 
 
-async def test_permanent_error_fails_fast_async(postgres: PostgresServer) -> None:
-    """The async twin also raises SQLAlchemy's OperationalError on the first attempt."""
-    began = time.monotonic()
-    with pytest.raises(sqlalchemy.exc.OperationalError, match="password authentication"):
-        await create_async_engine(_url(postgres, password="wrong"), retry=FAST, hooks=())
-    assert time.monotonic() - began < 2.0
-
-
+@pytest.mark.parametrize(
+    ("timeout", "earliest", "latest"),
+    [(1.0, 0.8, 1.9), (3.0, 2.5, 4.5)],
+    ids=["below-libpq-minimum", "above-libpq-minimum"],
+)
 def test_blackhole_start_up_bounded_by_the_deadline(
+    api: SqlalchemyApi,
     postgres: PostgresServer,
     fault_proxy: Callable[..., FaultProxy],
     events: list[Event],
+    timeout: float,
+    earliest: float,
+    latest: float,
 ) -> None:
-    """Against a server that never answers, create_engine gives up at the policy's deadline."""
+    """Against a silent server the start-up gives up at the deadline, also below libpq's 2 s."""
     proxy = fault_proxy(postgres.address)
     proxy.blackhole()
-    policy = Backoff(initial=0.1, maximum=0.5, timeout=3.0)
+    policy = Backoff(initial=0.1, maximum=0.5, timeout=timeout)
     began = time.monotonic()
     with pytest.raises(RetryExhausted) as caught:
-        create_engine(_proxy_url(postgres, proxy), retry=policy, hooks=[events.append])
+        api.create_engine(_proxy_url(postgres, proxy), retry=policy, hooks=[events.append])
     elapsed = time.monotonic() - began
-    print(f"\nblackhole start-up (timeout 3.0 s): gave up after {elapsed:.3f}s")
-    assert 2.5 <= elapsed <= 4.5
+    print(f"\nblackhole start-up ({api.flavour}, {timeout} s): gave up after {elapsed:.3f}s")
+    assert earliest <= elapsed <= latest
     assert caught.value.reason == "deadline"
     assert isinstance(events[-1], GaveUp)
     assert isinstance(caught.value.__cause__, sqlalchemy.exc.OperationalError)
 
 
-async def test_blackhole_start_up_bounded_async(
-    postgres: PostgresServer, fault_proxy: Callable[..., FaultProxy]
-) -> None:
-    """The async start-up wait holds a deadline shorter than libpq's 2 s minimum timeout."""
-    proxy = fault_proxy(postgres.address)
-    proxy.blackhole()
-    began = time.monotonic()
-    with pytest.raises(RetryExhausted):
-        await create_async_engine(_proxy_url(postgres, proxy), retry=Backoff(timeout=1.0), hooks=())
-    elapsed = time.monotonic() - began
-    print(f"\nblackhole async start-up (timeout 1.0 s): gave up after {elapsed:.3f}s")
-    assert 0.8 <= elapsed <= 1.9
-
-
 # ------------------------------------------------------------------ runtime healing
 def test_restart_next_connect_waits_and_succeeds(
-    restartable: PostgresServer, engines: list[sqlalchemy.Engine], events: list[Event]
+    api: SqlalchemyApi, restartable: PostgresServer, events: list[Event]
 ) -> None:
-    """After a restart, engine.connect() during the outage waits, then succeeds."""
-    engine = create_engine(_url(restartable), reconnect=FAST, hooks=[events.append])
-    engines.append(engine)
-    backend_before = _scalar(engine, "SELECT pg_backend_pid()")
+    """After a restart, a connect during the outage waits, then succeeds on a new backend."""
+    engine = api.create_engine(_url(restartable), reconnect=FAST, hooks=[events.append])
+    backend_before = api.scalar(engine, "SELECT pg_backend_pid()")
     restartable.stop("fast")
     thread, ready = _start_later(restartable, 1.0)
     began = time.monotonic()
-    backend_after = _scalar(engine, "SELECT pg_backend_pid()")
+    backend_after = api.scalar(engine, "SELECT pg_backend_pid()")
     done = time.monotonic()
     thread.join(30)
     assert ready
     recovery = done - ready[0]
-    print(f"\nrestart (sync): connect waited {done - began:.3f}s, {recovery:+.3f}s after ready")
+    print(
+        f"\nrestart ({api.flavour}): connect waited {done - began:.3f}s, "
+        f"{recovery:+.3f}s after ready"
+    )
     assert done - began >= 0.9
     assert recovery < 3.0
     assert backend_after != backend_before
     assert isinstance(events[-1], Recovered)
 
 
-async def test_restart_next_connect_waits_and_succeeds_async(
-    restartable: PostgresServer,
+@ASYNC_ONLY
+def test_reconnect_wait_keeps_the_event_loop_running(
+    api: SqlalchemyApi, postgres: PostgresServer, fault_proxy: Callable[..., FaultProxy]
 ) -> None:
-    """The async engine heals the same way, without blocking the event loop."""
-    engine = await create_async_engine(_url(restartable), reconnect=FAST, hooks=())
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.05)
-            ticks += 1
-
-    try:
-        assert await _ascalar(engine) == 1
-        restartable.stop("fast")
-        thread, ready = _start_later(restartable, 1.0)
-        task = asyncio.create_task(ticker())
-        began = time.monotonic()
-        try:
-            assert await _ascalar(engine) == 1
-        finally:
-            task.cancel()
-        done = time.monotonic()
-        await asyncio.to_thread(thread.join, 30)
-        assert ready
-        recovery = done - ready[0]
-        print(f"\nrestart (async): waited {done - began:.3f}s, {recovery:+.3f}s after ready")
-        assert done - began >= 0.9
-        assert recovery < 3.0
-        assert ticks >= 5, "the event loop was blocked while reconnecting"
-    finally:
-        await engine.dispose()
+    """While the async engine's pool reconnects to a refusing server, the event loop ticks."""
+    proxy = fault_proxy(postgres.address)
+    engine = api.create_engine(_proxy_url(postgres, proxy), reconnect=SHORT, hooks=())
+    assert api.scalar(engine) == 1
+    proxy.refuse()
+    proxy.cut_all()
+    began = time.monotonic()
+    with api.loop_ticks() as ticks, pytest.raises(sqlalchemy.exc.OperationalError):
+        api.scalar(engine)
+    assert time.monotonic() - began >= 0.9
+    assert ticks.count >= 5, "the event loop was blocked while reconnecting"
 
 
-def test_threads_recover_across_a_restart(
-    restartable: PostgresServer, engines: list[sqlalchemy.Engine]
-) -> None:
+@SYNC_ONLY
+def test_threads_recover_across_a_restart(api: SqlalchemyApi, restartable: PostgresServer) -> None:
     """Eight threads sharing one engine all get answers again after the server restarts."""
-    engine = create_engine(_url(restartable), reconnect=FAST, hooks=(), pool_size=4, max_overflow=4)
-    engines.append(engine)
+    engine = api.create_engine(
+        _url(restartable), reconnect=FAST, hooks=(), pool_size=4, max_overflow=4
+    )
     stop = threading.Event()
     restarted = threading.Event()
     lock = threading.Lock()
@@ -277,7 +222,7 @@ def test_threads_recover_across_a_restart(
         while not stop.is_set():
             after = restarted.is_set()
             try:
-                assert _scalar(engine) == 1
+                assert api.scalar(engine) == 1
             except Exception as exc:
                 with lock:
                     if is_transient(exc):
@@ -294,15 +239,14 @@ def test_threads_recover_across_a_restart(
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(8)]
     for thread in threads:
         thread.start()
-    _poll(lambda: len(successes_before) == len(threads), "every worker answered once")
+    answered = api.poll(lambda: len(successes_before) == len(threads), 15.0, every=0.01)
+    assert answered, "timed out waiting until every worker answered once"
     restartable.stop("fast")
-    time.sleep(0.5)  # the outage
+    api.wait(0.5)  # the outage
     restartable.start()
     restarted.set()
     ready = time.monotonic()
-    deadline = ready + 15
-    while len(successes_after) < len(threads) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    api.poll(lambda: len(successes_after) == len(threads), 15.0, every=0.02)
     recovered_in = time.monotonic() - ready
     stop.set()
     for thread in threads:
@@ -316,41 +260,40 @@ def test_threads_recover_across_a_restart(
 
 
 def test_runtime_blackhole_bounded_by_reconnect_deadline(
-    postgres: PostgresServer, fault_proxy: Callable[..., FaultProxy], events: list[Event]
+    api: SqlalchemyApi,
+    postgres: PostgresServer,
+    fault_proxy: Callable[..., FaultProxy],
+    events: list[Event],
 ) -> None:
     """A pool reconnect into a blackhole gives up at the reconnect deadline, even below 2 s."""
     proxy = fault_proxy(postgres.address)
-    engine = create_engine(
+    engine = api.create_engine(
         _proxy_url(postgres, proxy), reconnect=Backoff(timeout=1.0), hooks=[events.append]
     )
-    try:
-        assert _scalar(engine) == 1
-        proxy.blackhole()
-        proxy.cut_all()
-        began = time.monotonic()
-        with pytest.raises(sqlalchemy.exc.OperationalError) as caught:
-            _scalar(engine)
-        elapsed = time.monotonic() - began
-    finally:
-        engine.dispose()
-    print(f"\nruntime blackhole (reconnect timeout 1.0 s): raised after {elapsed:.3f}s")
+    assert api.scalar(engine) == 1
+    proxy.blackhole()
+    proxy.cut_all()
+    began = time.monotonic()
+    with pytest.raises(sqlalchemy.exc.OperationalError) as caught:
+        api.scalar(engine)
+    elapsed = time.monotonic() - began
+    print(f"\nruntime blackhole ({api.flavour}, reconnect 1.0 s): raised after {elapsed:.3f}s")
     assert 0.8 <= elapsed <= 1.9
     assert is_transient(caught.value)
     assert any(isinstance(e, GaveUp) for e in events)
 
 
 def test_runtime_permanent_error_not_retried(
-    restartable: PostgresServer, engines: list[sqlalchemy.Engine], events: list[Event]
+    api: SqlalchemyApi, restartable: PostgresServer, events: list[Event]
 ) -> None:
     """A password changed under a running engine fails the next new connection at once."""
-    engine = create_engine(_url(restartable), hooks=[events.append])
-    engines.append(engine)
-    assert _scalar(engine) == 1
+    engine = api.create_engine(_url(restartable), hooks=[events.append])
+    assert api.scalar(engine) == 1
     restartable.execute_as_superuser(f"ALTER ROLE {restartable.user} PASSWORD 'changed-elsewhere'")
-    engine.dispose()  # drop the pooled connection: the next checkout must connect anew
+    api.dispose(engine)  # drop the pooled connection: the next checkout must connect anew
     began = time.monotonic()
     with pytest.raises(sqlalchemy.exc.OperationalError, match="password authentication"):
-        _scalar(engine)
+        api.scalar(engine)
     assert time.monotonic() - began < 2.0
     assert [type(e) for e in events] == [NotRetried]
 
@@ -367,11 +310,9 @@ def restore_sqlalchemy_logging() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("restore_sqlalchemy_logging")
-def test_engine_options_are_passed_through(
-    postgres: PostgresServer, engines: list[sqlalchemy.Engine]
-) -> None:
+def test_engine_options_are_passed_through(api: SqlalchemyApi, postgres: PostgresServer) -> None:
     """pool_size, max_overflow, echo and connect_args reach SQLAlchemy and the driver."""
-    engine = create_engine(
+    engine = api.create_engine(
         sqlalchemy.make_url(_url(postgres)),
         pool_size=3,
         max_overflow=1,
@@ -379,51 +320,46 @@ def test_engine_options_are_passed_through(
         connect_args={"application_name": "rc-sa-test"},
         hooks=(),
     )
-    engines.append(engine)
-    assert isinstance(engine.pool, sqlalchemy.pool.QueuePool)
-    assert engine.pool.size() == 3
-    assert engine.pool._max_overflow == 1
+    pool = api.sync_engine(engine).pool
+    assert isinstance(pool, sqlalchemy.pool.QueuePool)
+    assert pool.size() == 3
+    assert pool._max_overflow == 1
     assert engine.echo is True
-    assert engine.pool._pre_ping is True
-    assert _scalar(engine, "SELECT current_setting('application_name')") == "rc-sa-test"
+    assert pool._pre_ping is True
+    assert api.scalar(engine, "SELECT current_setting('application_name')") == "rc-sa-test"
 
 
-def test_pre_ping_can_be_turned_off(
-    postgres: PostgresServer, engines: list[sqlalchemy.Engine]
-) -> None:
+def test_pre_ping_can_be_turned_off(api: SqlalchemyApi, postgres: PostgresServer) -> None:
     """pool_pre_ping=False from the caller wins over our default."""
-    engine = create_engine(_url(postgres), pool_pre_ping=False, hooks=())
-    engines.append(engine)
-    assert engine.pool._pre_ping is False
+    engine = api.create_engine(_url(postgres), pool_pre_ping=False, hooks=())
+    assert api.sync_engine(engine).pool._pre_ping is False
 
 
 def test_do_connect_listeners_run_on_every_attempt(
-    restartable: PostgresServer, engines: list[sqlalchemy.Engine]
+    api: SqlalchemyApi, restartable: PostgresServer
 ) -> None:
-    """A do_connect listener added after create_engine still shapes each new connection."""
-    engine = create_engine(_url(restartable), reconnect=FAST, hooks=())
-    engines.append(engine)
+    """A do_connect listener added after the engine was made still shapes each new connection."""
+    engine = api.create_engine(_url(restartable), reconnect=FAST, hooks=())
     calls = 0
 
-    @event.listens_for(engine, "do_connect")
+    @event.listens_for(api.sync_engine(engine), "do_connect")
     def name_the_app(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
         nonlocal calls
         calls += 1
         cparams["application_name"] = f"attempt-{calls}"
 
     restartable.stop("fast")
-    engine.dispose()
+    api.dispose(engine)
     thread, _ready = _start_later(restartable, 0.5)
-    name = _scalar(engine, "SELECT current_setting('application_name')")
+    name = api.scalar(engine, "SELECT current_setting('application_name')")
     thread.join(30)
     assert calls >= 2
     assert name == f"attempt-{calls}"
 
 
-def test_creator_is_retried(restartable: PostgresServer, engines: list[sqlalchemy.Engine]) -> None:
+@SYNC_ONLY
+def test_creator_is_retried(api: SqlalchemyApi, restartable: PostgresServer) -> None:
     """A caller's creator= is wrapped: its connects retry under the policies too."""
-    import psycopg
-
     calls = 0
 
     def creator() -> psycopg.Connection[Any]:
@@ -431,34 +367,57 @@ def test_creator_is_retried(restartable: PostgresServer, engines: list[sqlalchem
         calls += 1
         return psycopg.connect(**restartable.connect_kwargs, connect_timeout=5)
 
-    engine = create_engine(_url(restartable), creator=creator, reconnect=FAST, hooks=())
-    engines.append(engine)
+    engine = api.create_engine(_url(restartable), creator=creator, reconnect=FAST, hooks=())
     first = calls
     restartable.stop("fast")
-    engine.dispose()
+    api.dispose(engine)
     thread, _ready = _start_later(restartable, 0.5)
-    assert _scalar(engine) == 1
+    assert api.scalar(engine) == 1
+    thread.join(30)
+    assert first == 1
+    assert calls > first + 1
+
+
+@ASYNC_ONLY
+def test_async_creator_is_retried(api: SqlalchemyApi, restartable: PostgresServer) -> None:
+    """A caller's async_creator= is wrapped and retried with asyncio waits."""
+    calls = 0
+
+    async def async_creator() -> psycopg.AsyncConnection[Any]:
+        nonlocal calls
+        calls += 1
+        return await psycopg.AsyncConnection.connect(**restartable.connect_kwargs)
+
+    engine = api.create_engine(
+        _url(restartable), async_creator=async_creator, reconnect=FAST, hooks=()
+    )
+    first = calls
+    restartable.stop("fast")
+    api.dispose(engine)
+    thread, _ready = _start_later(restartable, 0.5)
+    assert api.scalar(engine) == 1
     thread.join(30)
     assert first == 1
     assert calls > first + 1
 
 
 def test_lazy_returns_at_once_and_heals_on_first_use(
-    make_postgres: Callable[..., PostgresServer], engines: list[sqlalchemy.Engine]
+    api: SqlalchemyApi, make_postgres: Callable[..., PostgresServer]
 ) -> None:
     """lazy=True does not connect; the first connect then waits under the reconnect policy."""
     server = make_postgres(start=False)
     began = time.monotonic()
-    engine = create_engine(_url(server), lazy=True, reconnect=FAST, hooks=())
-    engines.append(engine)
+    engine = api.create_engine(_url(server), lazy=True, reconnect=FAST, hooks=())
     assert time.monotonic() - began < 0.5
-    thread, _ready = _start_later(server, 0.5)
-    assert _scalar(engine) == 1
+    thread, ready = _start_later(server, 0.5)
+    assert api.scalar(engine) == 1
     thread.join(30)
+    assert ready, "the server did not start"
 
 
 # ------------------------------------------------------------------ redaction
 def test_password_hidden_in_logs_and_errors(
+    api: SqlalchemyApi,
     postgres: PostgresServer,
     fault_proxy: Callable[..., FaultProxy],
     caplog: pytest.LogCaptureFixture,
@@ -468,64 +427,13 @@ def test_password_hidden_in_logs_and_errors(
     proxy.refuse()
     caplog.set_level(logging.INFO, logger="resilient_connect")
     with pytest.raises(RetryExhausted) as caught:
-        create_engine(
+        api.create_engine(
             _proxy_url(postgres, proxy), retry=Backoff(initial=0.05, maximum=0.1, timeout=0.5)
         )
     texts = [record.getMessage() for record in caplog.records] + [str(caught.value)]
     assert len(texts) >= 2
     password = postgres.password
-    from urllib.parse import quote
-
     for text_ in texts:
         assert password not in text_
         assert quote(password, safe="") not in text_
         assert "app:***@127.0.0.1" in text_
-
-
-async def test_async_creator_is_retried(restartable: PostgresServer) -> None:
-    """A caller's async_creator= is wrapped and retried with asyncio waits."""
-    import psycopg
-
-    calls = 0
-
-    async def async_creator() -> psycopg.AsyncConnection[Any]:
-        nonlocal calls
-        calls += 1
-        return await psycopg.AsyncConnection.connect(**restartable.connect_kwargs)
-
-    engine = await create_async_engine(
-        _url(restartable), async_creator=async_creator, reconnect=FAST, hooks=()
-    )
-    try:
-        assert calls == 1
-        restartable.stop("fast")
-        await engine.dispose()
-        thread, _ready = _start_later(restartable, 0.5)
-        assert await _ascalar(engine) == 1
-        await asyncio.to_thread(thread.join, 30)
-        assert calls > 2
-    finally:
-        await engine.dispose()
-
-
-async def test_runtime_blackhole_bounded_async(
-    postgres: PostgresServer, fault_proxy: Callable[..., FaultProxy]
-) -> None:
-    """An asyncio pool reconnect into a blackhole is cut off at the reconnect deadline."""
-    proxy = fault_proxy(postgres.address)
-    engine = await create_async_engine(
-        _proxy_url(postgres, proxy), reconnect=Backoff(timeout=1.0), hooks=()
-    )
-    try:
-        assert await _ascalar(engine) == 1
-        proxy.blackhole()
-        proxy.cut_all()
-        began = time.monotonic()
-        with pytest.raises(sqlalchemy.exc.OperationalError) as caught:
-            await _ascalar(engine)
-        elapsed = time.monotonic() - began
-    finally:
-        await engine.dispose()
-    print(f"\nruntime blackhole async (reconnect timeout 1.0 s): raised after {elapsed:.3f}s")
-    assert 0.8 <= elapsed <= 1.9
-    assert is_transient(caught.value)
