@@ -10,6 +10,7 @@ import contextlib
 import http.server
 import io
 import json
+import re
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -61,12 +62,26 @@ def waits() -> Iterator[Any]:
         yield virtual
 
 
+# Every line the command line writes in text mode starts with a UTC timestamp.
+STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ", re.MULTILINE)
+
+
+def unstamped(text: str) -> str:
+    """``text`` without the timestamps that start its lines."""
+    return STAMP.sub("", text)
+
+
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
-    """Run ``main`` and return its exit code and everything it wrote to stderr."""
+    """Run ``main`` and return its exit code and everything it wrote to stderr, every line's
+    timestamp checked and removed."""
     code = main(list(argv))
     captured = capsys.readouterr()
     assert captured.out == ""
-    return code, captured.err
+    err = captured.err
+    lines = [line for line in err.split("\n") if line and not line.startswith("{")]
+    usage = code == 2  # a usage error is written before any reporter exists
+    assert usage or all(STAMP.match(line) for line in lines), err
+    return code, unstamped(err)
 
 
 @pytest.fixture
@@ -732,7 +747,7 @@ def test_passwords_never_appear_in_any_mode(
     ]
     with stderr:
         code = main(argv)
-    err = capsys.readouterr().err + terminal.getvalue()
+    err = unstamped(capsys.readouterr().err + terminal.getvalue())
     assert code == 3
     assert err
     assert SECRET not in err
@@ -1010,3 +1025,39 @@ def test_an_ignored_sigint_stays_ignored(
     code, _ = run(capsys, "wait", f"tcp://127.0.0.1:{refused_port}", "--timeout", "none")
     assert code == 143
     assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def test_text_mode_writes_the_first_failure_then_a_summary_per_interval() -> None:
+    """Outside a test suite's instant waits, a target's retries are one line, then a
+    "still waiting" summary at most every interval, each line timestamped."""
+    from resilient_connect import RetryScheduled
+
+    stream = io.StringIO()
+    reporter = Reporter(stream, "text", ["tcp://db:5432"], "wait")
+    reporter.summary_interval = 3600.0
+
+    def fail(attempt: int) -> None:
+        reporter.event(
+            0,
+            RetryScheduled(
+                target="tcp://db:5432",
+                attempt=attempt,
+                elapsed=0.0,
+                exception=None,
+                cause="ConnectionRefusedError: refused",
+                delay=0.4,
+                rule="os-error:ConnectionRefusedError",
+            ),
+        )
+
+    for attempt in range(1, 6):
+        fail(attempt)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1
+    assert "attempt 1 failed (os-error:ConnectionRefusedError)" in lines[0]
+    reporter.targets[0].last_line = -1e9  # the interval has passed
+    fail(6)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2
+    assert "still waiting: 6 failed attempts over" in lines[1]
+    assert all(STAMP.match(line) for line in lines)

@@ -23,7 +23,9 @@ import json
 import threading
 import time
 
+from .. import _budget
 from .._events import Event, GaveUp, NotRetried, Recovered, RetryScheduled
+from .._logging import log_event, timestamp
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -47,7 +49,17 @@ _EVENT_NAMES = {
 class TargetState:
     """What the reporter knows about one target."""
 
-    __slots__ = ("attempt", "cause", "delay", "label", "rule", "status")
+    __slots__ = (
+        "attempt",
+        "cause",
+        "delay",
+        "failures",
+        "label",
+        "last_line",
+        "rule",
+        "started",
+        "status",
+    )
 
     def __init__(self, label: str) -> None:
         self.label = label
@@ -56,6 +68,9 @@ class TargetState:
         self.cause = ""
         self.rule = ""
         self.delay: float | None = None
+        self.failures = 0
+        self.started = time.monotonic()
+        self.last_line: float | None = None  # when a retry line was last written
 
 
 def choose_mode(stream: TextIO, *, quiet: bool, as_json: bool, environ: dict[str, str]) -> Mode:
@@ -86,10 +101,17 @@ class Reporter:
         self._start = time.monotonic()
         self._ticks = 0
         self._status_drawn = False
+        #: Seconds between two "still waiting" lines of one target in text mode (the
+        #: logging hook's interval: RESILIENT_CONNECT_LOG_INTERVAL, else 5 s).
+        self.summary_interval = log_event.summary_interval
 
     # ------------------------------------------------------------------ writing
     def _write_line(self, line: str) -> None:
-        """Write one permanent line (under the live line, if any). Caller holds the lock."""
+        """Write one permanent line, timestamped (under the live line, if any).
+
+        The caller holds the lock.
+        """
+        line = f"{timestamp()} {line}"
         if self._status_drawn:
             line = "\r\x1b[K" + line
             self._status_drawn = False
@@ -106,7 +128,7 @@ class Reporter:
             pass
 
     def _emit_json(self, kind: str, **fields: object) -> None:
-        record: dict[str, object] = {"time": _timestamp(), "event": kind, **fields}
+        record: dict[str, object] = {"time": timestamp(), "event": kind, **fields}
         self._write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
 
     def message(self, text: str) -> None:
@@ -140,12 +162,28 @@ class Reporter:
                     **_event_fields(event),
                 )
             elif self.mode == "text" and isinstance(event, RetryScheduled):
-                self._write_line(
-                    f"{PROG}: {state.label}: attempt {event.attempt} failed ({event.rule}): "
-                    f"{event.cause}; next attempt in {event.delay:.2f}s"
-                )
+                self._retry_line(state, event)
             elif self.mode == "live":
                 self._draw_status()
+
+    def _retry_line(self, state: TargetState, event: RetryScheduled) -> None:
+        """The first failure of a target, then at most one summary per interval."""
+        state.failures += 1
+        now = time.monotonic()
+        immediate = _budget.UNLIMITED or self.summary_interval <= 0  # instant_waits: each
+        if state.last_line is None or immediate:
+            self._write_line(
+                f"{PROG}: {state.label}: attempt {event.attempt} failed ({event.rule}): "
+                f"{event.cause}; next attempt in {event.delay:.2f}s"
+            )
+            state.last_line = now
+        elif now - state.last_line >= self.summary_interval:
+            plural = "attempt" if state.failures == 1 else "attempts"
+            self._write_line(
+                f"{PROG}: {state.label}: still waiting: {state.failures} failed {plural} "
+                f"over {now - state.started:.1f}s; last error ({event.rule}): {event.cause}"
+            )
+            state.last_line = now
 
     # ------------------------------------------------------------------ outcomes
     def ready(self, index: int, elapsed: float) -> None:
@@ -272,12 +310,6 @@ def _event_fields(event: Event) -> dict[str, object]:
     elif isinstance(event, NotRetried):
         fields["rule"] = event.rule
     return fields
-
-
-def _timestamp() -> str:
-    now = time.time()
-    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
-    return f"{seconds}.{int(now % 1 * 1000):03d}Z"
 
 
 def _terminal_width(stream: TextIO) -> int:
