@@ -479,9 +479,8 @@ class _Run:
         self.cost: Cost = "unknown"
         self.rule = ""
         self.duration = 0.0
-        # The latest error that was not a timeout (type name, message), for a give-up
-        # on a cut-off attempt.
-        self.telling: tuple[str, str] | None = None
+        # The latest error that was not a timeout, for a give-up on a cut-off attempt.
+        self.telling: Exception | None = None
 
     def _redactor(self) -> Redactor:
         if self.redactor is None:
@@ -588,7 +587,7 @@ class _Run:
         self.rule = verdict.rule
         self.duration = duration
         if not _is_timeout(verdict.rule):
-            self.telling = (type(exc).__qualname__, str(exc))  # redacted if ever shown
+            self.telling = exc  # described (and redacted) only if the call gives up
 
     def spend(self, last: Exception) -> None:
         """Take a token for the retry about to be made; give up (``"budget"``) if short.
@@ -661,7 +660,7 @@ class _Run:
         if self.telling is not None and _is_timeout(rule):
             # The last attempt was cut off (at the deadline, say): what earlier attempts
             # reported says more about why the call failed.
-            earlier = redactor.describe_text(*self.telling)
+            earlier = redactor.describe(self.telling)
             if earlier != cause:
                 cause = f"{cause}; earlier attempts: {earlier}"
         if reason == "deadline":

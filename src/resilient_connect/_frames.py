@@ -28,6 +28,10 @@ def release_frames(error: BaseException) -> None:
     while current is not None and id(current) not in seen and len(seen) < _MAX_CHAIN:
         seen.add(id(current))
         tb = current.__traceback__
+        if current is error and tb is not None:
+            # The first entry is the frame that caught the error (the engine's loop, still
+            # running): skip it rather than pay for the RuntimeError that clear() raises.
+            tb = tb.tb_next
         while tb is not None:
             # contextlib.suppress would import contextlib with the package (start-up cost).
             try:  # noqa: SIM105

@@ -15,7 +15,8 @@ import sys
 from . import _budget, _hooks, _timing
 from ._classify import classifier_for
 from ._engine import Retrier
-from ._scope import STARTED, enter, leave, register_wrapper
+from ._scope import _SCOPE as SCOPE
+from ._scope import ENCLOSING, RUNNING, register_wrapper
 from ._statistics import RetryStatistics
 
 TYPE_CHECKING = False
@@ -142,10 +143,18 @@ def _async_wrapper(fn: Callable[P, Awaitable[T]], retrier: Retrier) -> Callable[
     budget = _budget.resolve(retrier.budget)  # the decorator's own: never "default"
     target = retrier.target
 
+    timeout = retrier.policy.timeout
+    fixed_clock = retrier.fixed_clock
+
     # Tasks interleave: the scope must be in the context (a context-variable write).
+    # Retrier.first_scope() and _scope.enter()/leave() inlined: the async success path.
     async def retrying(*args: P.args, **kwargs: P.kwargs) -> T:
-        scope = retrier.first_scope(sys._getframe())
-        token = enter(scope)
+        clock = fixed_clock or _timing.clock
+        now = clock()
+        deadline = None if timeout is None else now + timeout
+        scope = [deadline, clock, False, True, None, now, None, sys._getframe(), False]
+        token = SCOPE.set(scope)
+        scope[ENCLOSING] = token.old_value
         try:
             result = await fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - see the sync wrapper
@@ -155,10 +164,11 @@ def _async_wrapper(fn: Callable[P, Awaitable[T]], retrier: Retrier) -> Callable[
             if budget is not None:
                 budget.succeeded(target)
             if explicit or state.watching:
-                successes.report(scope[STARTED], retrier.clock(), counted=True)
+                successes.report(now, clock, counted=True)
             return result
         finally:
-            leave(scope, token)
+            scope[RUNNING] = False
+            SCOPE.reset(token)
         return await retrier.aresume(lambda _attempt: fn(*args, **kwargs), scope, first)
 
     return retrying
