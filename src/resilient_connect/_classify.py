@@ -13,7 +13,7 @@ Only ``Exception`` subclasses ever reach a classifier: ``KeyboardInterrupt``,
 
 from __future__ import annotations
 
-from ._values import value
+import dataclasses
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     Classifier: TypeAlias = Callable[[Exception], "Verdict"]
 
 
-@value
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Verdict:
     """The outcome of classifying one error.
 

@@ -16,11 +16,12 @@ otherwise).
 from __future__ import annotations
 
 from ._errors import gave_up_line
-from ._events import Event, GaveUp, NotRetried, Recovered, RetryScheduled
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
+
+    from ._events import Event
 
 LOGGER_NAME = "resilient_connect"
 
@@ -35,6 +36,8 @@ _WARNING, _ERROR, _INFO = 30, 40, 20
 def log_event(event: Event) -> None:
     """Log ``event`` on the ``resilient_connect`` logger (the default hook)."""
     import logging
+
+    from ._events import RetryScheduled  # loaded with the first event, not at import
 
     level, message, args = _render(event)
     logger = logging.getLogger(LOGGER_NAME)
@@ -59,6 +62,8 @@ def log_event(event: Event) -> None:
 
 
 def _render(event: Event) -> tuple[int, str, tuple[object, ...]]:
+    from ._events import GaveUp, NotRetried, Recovered, RetryScheduled
+
     if isinstance(event, RetryScheduled):
         args: tuple[object, ...] = (
             event.target,
