@@ -191,6 +191,51 @@ def test_parse_none_means_unbounded() -> None:
     assert request.policy.attempts is None
 
 
+@pytest.mark.parametrize(
+    ("option", "variable", "raw"),
+    [
+        ("--timeout", "RESILIENT_CONNECT_TIMEOUT", "null"),
+        ("--timeout", "RESILIENT_CONNECT_TIMEOUT", " Unlimited "),
+        ("--attempts", "RESILIENT_CONNECT_ATTEMPTS", "12"),
+        ("--jitter", "RESILIENT_CONNECT_JITTER", "Equal"),
+        ("--jitter", "RESILIENT_CONNECT_JITTER", "0.3"),
+        ("--initial", "RESILIENT_CONNECT_INITIAL", "0.25"),
+        ("--max-delay", "RESILIENT_CONNECT_MAXIMUM", "4"),
+    ],
+)
+def test_options_and_variables_share_the_policy_parser(
+    option: str, variable: str, raw: str
+) -> None:
+    """An option and its RESILIENT_CONNECT_* variable accept the same text and give the same
+    policy (``--timeout null`` was a usage error while the variable accepted it)."""
+    from_option = parse(["wait", "tcp://a:1", option, raw], {}).policy
+    from_variable = parse(["wait", "tcp://a:1"], {variable: raw}).policy
+    assert from_option == from_variable
+    assert from_option != parse(["wait", "tcp://a:1"], {}).policy
+
+
+@pytest.mark.parametrize(
+    ("option", "variable", "raw"),
+    [
+        ("--timeout", "RESILIENT_CONNECT_TIMEOUT", "soon"),
+        ("--attempts", "RESILIENT_CONNECT_ATTEMPTS", "2.5"),
+        ("--jitter", "RESILIENT_CONNECT_JITTER", "lots"),
+    ],
+)
+def test_options_and_variables_reject_the_same_text_alike(
+    option: str, variable: str, raw: str
+) -> None:
+    """Text that is no value is a usage error in both places, with the same explanation."""
+    with pytest.raises(UsageError) as by_option:
+        parse(["wait", "tcp://a:1", option, raw], {})
+    with pytest.raises(UsageError) as by_variable:
+        parse(["wait", "tcp://a:1"], {variable: raw})
+    assert f"{option}={raw!r}: " in str(by_option.value)
+    assert f"{variable}={raw!r}: " in str(by_variable.value)
+    explanation = str(by_variable.value).partition(": expected")[2]
+    assert str(by_option.value).partition(": expected")[2] == explanation
+
+
 def test_parse_proportional_jitter() -> None:
     """A number is proportional jitter."""
     assert parse(["wait", "tcp://a:1", "--jitter", "0.25"], {}).policy.jitter == 0.25

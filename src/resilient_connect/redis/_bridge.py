@@ -31,7 +31,7 @@ import redis.retry
 
 from .._classify import Verdict
 from .._engine import Retrier
-from .._policy import Backoff, capped_exponential
+from .._policy import DEFAULT_RECONNECT, Backoff, capped_exponential
 from . import _rules as _redis_rules
 
 TYPE_CHECKING = False
@@ -43,10 +43,6 @@ if TYPE_CHECKING:
     from .._policy import RandomSource
 
     T = TypeVar("T")
-
-#: The runtime policy used when none is given: short first waits (a restart of
-#: a local Redis takes 20-300 ms), capped at 1 s, for at most 10 s per command.
-DEFAULT_RUNTIME_POLICY = Backoff(initial=0.05, multiplier=2.0, maximum=1.0, timeout=10.0)
 
 # Errors outside redis-py's retry list (WRONGTYPE, say) are the application's, not ours.
 _NOT_RETRIED_BY_CLIENT = Verdict(transient=False, rule="redis:not-retried-by-client", report=False)
@@ -69,7 +65,7 @@ class PolicyBackoff(redis.backoff.AbstractBackoff):
     """
 
     def __init__(self, policy: Backoff | None = None, *, rng: RandomSource | None = None) -> None:
-        self.policy = DEFAULT_RUNTIME_POLICY if policy is None else policy
+        self.policy = DEFAULT_RECONNECT if policy is None else policy
         self._rng = rng
         self._previous = self.policy.initial
 
@@ -214,7 +210,7 @@ class _Failures:
 def _make_core(
     policy: Backoff | None, target: str, hooks: Sequence[Hook] | None, secrets: Sequence[str]
 ) -> _BridgeCore:
-    return _BridgeCore(DEFAULT_RUNTIME_POLICY if policy is None else policy, target, hooks, secrets)
+    return _BridgeCore(DEFAULT_RECONNECT if policy is None else policy, target, hooks, secrets)
 
 
 class BridgeRetry(redis.retry.Retry):
@@ -314,7 +310,7 @@ def runtime_retry(
 
     Pass it as ``retry=`` to ``redis.Redis``, ``Redis.from_url``, ``Sentinel``
     clients or ``RedisCluster``. ``policy`` defaults to
-    :data:`DEFAULT_RUNTIME_POLICY` (at most 10 s per command). ``target`` names
+    :data:`~resilient_connect.DEFAULT_RECONNECT` (at most 15 s per command). ``target`` names
     the server in events and logs (a URL is redacted); ``hooks`` as everywhere
     (``None``: log; ``()``: silent); ``secrets`` are extra strings to scrub.
     """

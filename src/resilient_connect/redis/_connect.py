@@ -114,7 +114,7 @@ async def _adrop_connections(pool: Any) -> None:
 
 def _with_runtime_retry(
     kwargs: dict[str, Any],
-    runtime_policy: Backoff | None,
+    reconnect: Backoff | None,
     *,
     target: str,
     hooks: Sequence[Hook] | None,
@@ -123,12 +123,12 @@ def _with_runtime_retry(
 ) -> bool:
     """Put the runtime bridge into ``kwargs``; return ``True`` if the caller brought a ``retry``."""
     if "retry" in kwargs:
-        if runtime_policy is not None:
-            msg = "pass either retry= (redis-py's own) or runtime_policy=, not both"
+        if reconnect is not None:
+            msg = "pass either retry= (redis-py's own) or reconnect=, not both"
             raise TypeError(msg)
         return True
     make = aruntime_retry if asyncio else runtime_retry
-    kwargs["retry"] = make(runtime_policy, target=target, hooks=hooks, secrets=secrets)
+    kwargs["retry"] = make(reconnect, target=target, hooks=hooks, secrets=secrets)
     return False
 
 
@@ -152,7 +152,7 @@ class _Startup:
         self,
         target: str,
         kwargs: dict[str, Any],
-        runtime_policy: Backoff | None,
+        reconnect: Backoff | None,
         hooks: Sequence[Hook] | None,
         *,
         aio: bool,
@@ -162,7 +162,7 @@ class _Startup:
         self.kwargs = kwargs
         self.secrets = secret_values(kwargs, extra_secrets)
         self.user_retry = _with_runtime_retry(
-            kwargs, runtime_policy, target=target, hooks=hooks, secrets=self.secrets, asyncio=aio
+            kwargs, reconnect, target=target, hooks=hooks, secrets=self.secrets, asyncio=aio
         )
         self.defaults = _driver_defaults(redis.asyncio.connection if aio else redis.connection)
 
@@ -280,14 +280,12 @@ class _SentinelStartup(_Startup):
         *,
         sentinel_kwargs: Mapping[str, Any] | None,
         kwargs: dict[str, Any],
-        runtime_policy: Backoff | None,
+        reconnect: Backoff | None,
         hooks: Sequence[Hook] | None,
         aio: bool,
     ) -> None:
         target = _sentinel_target(sentinels, service_name)
-        super().__init__(
-            target, kwargs, runtime_policy, hooks, aio=aio, extra_secrets=sentinel_kwargs
-        )
+        super().__init__(target, kwargs, reconnect, hooks, aio=aio, extra_secrets=sentinel_kwargs)
         self.sentinels = sentinels
         self.service_name = service_name
         if sentinel_kwargs is None:
@@ -363,18 +361,36 @@ class _SentinelStartup(_Startup):
         return client
 
 
+def _renamed_reconnect(reconnect: Backoff | None, kwargs: dict[str, Any]) -> Backoff | None:
+    """``reconnect``, or the policy passed under its old name ``runtime_policy`` (which warns)."""
+    if "runtime_policy" not in kwargs:
+        return reconnect
+    old: Backoff | None = kwargs.pop("runtime_policy")
+    if reconnect is not None:
+        msg = "pass reconnect= or its old name runtime_policy=, not both"
+        raise TypeError(msg)
+    import warnings
+
+    warnings.warn(
+        "runtime_policy= is deprecated: pass the same policy as reconnect=",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return old
+
+
 def _startup(
     url: str,
     factory: Callable[..., Any] | None,
     kwargs: dict[str, Any],
-    runtime_policy: Backoff | None,
+    reconnect: Backoff | None,
     hooks: Sequence[Hook] | None,
     *,
     aio: bool,
 ) -> _UrlStartup | _FactoryStartup:
     if factory is not None:
-        return _FactoryStartup(factory, url, kwargs, runtime_policy, hooks, aio=aio)
-    return _UrlStartup(url, kwargs, runtime_policy, hooks, aio=aio)
+        return _FactoryStartup(factory, url, kwargs, reconnect, hooks, aio=aio)
+    return _UrlStartup(url, kwargs, reconnect, hooks, aio=aio)
 
 
 async def _aclose(client: Any) -> None:
@@ -397,7 +413,7 @@ def connect_with_retry(
     *,
     policy: Backoff | None = ...,
     hooks: Sequence[Hook] | None = ...,
-    runtime_policy: Backoff | None = ...,
+    reconnect: Backoff | None = ...,
     factory: None = ...,
     **kwargs: Any,
 ) -> redis.Redis: ...
@@ -409,7 +425,7 @@ def connect_with_retry(
     *,
     policy: Backoff | None = ...,
     hooks: Sequence[Hook] | None = ...,
-    runtime_policy: Backoff | None = ...,
+    reconnect: Backoff | None = ...,
     factory: Callable[..., C],
     **kwargs: Any,
 ) -> C: ...
@@ -420,7 +436,7 @@ def connect_with_retry(
     *,
     policy: Backoff | None = None,
     hooks: Sequence[Hook] | None = None,
-    runtime_policy: Backoff | None = None,
+    reconnect: Backoff | None = None,
     factory: Callable[..., Any] | None = None,
     **kwargs: Any,
 ) -> Any:
@@ -432,9 +448,11 @@ def connect_with_retry(
         policy: how long to wait; ``None`` for ``Backoff()`` (60 s deadline).
         hooks: event callbacks, for the wait and for the runtime bridge;
             ``None`` logs on the ``resilient_connect`` logger, ``()`` is silent.
-        runtime_policy: the policy of the runtime bridge the client carries
-            (``None``: :data:`DEFAULT_RUNTIME_POLICY`). Not allowed together
-            with ``retry=``, which installs redis-py's own ``Retry`` instead.
+        reconnect: the policy of the runtime bridge the client carries
+            (``None``: :data:`~resilient_connect.DEFAULT_RECONNECT`, at most
+            15 s per command). Not allowed together with ``retry=``, which
+            installs redis-py's own ``Retry`` instead. ``runtime_policy=``, its
+            old name, still works and warns (``DeprecationWarning``).
         factory: build the client with ``factory(url, **kwargs)`` instead of
             ``redis.Redis.from_url``, e.g. ``redis.cluster.RedisCluster.from_url``.
             Each attempt calls it with ``retry=Retry(NoBackoff(), 0)`` and bounded
@@ -448,7 +466,8 @@ def connect_with_retry(
         redis.exceptions.RedisError, ValueError: a permanent error (wrong
             password, ACL denial, malformed URL), unchanged, after one attempt.
     """
-    startup = _startup(url, factory, kwargs, runtime_policy, hooks, aio=False)
+    reconnect = _renamed_reconnect(reconnect, kwargs)
+    startup = _startup(url, factory, kwargs, reconnect, hooks, aio=False)
     return startup.retrier(policy, hooks).call(startup.attempt)
 
 
@@ -458,7 +477,7 @@ async def aconnect_with_retry(
     *,
     policy: Backoff | None = ...,
     hooks: Sequence[Hook] | None = ...,
-    runtime_policy: Backoff | None = ...,
+    reconnect: Backoff | None = ...,
     factory: None = ...,
     **kwargs: Any,
 ) -> redis.asyncio.Redis: ...
@@ -470,7 +489,7 @@ async def aconnect_with_retry(
     *,
     policy: Backoff | None = ...,
     hooks: Sequence[Hook] | None = ...,
-    runtime_policy: Backoff | None = ...,
+    reconnect: Backoff | None = ...,
     factory: Callable[..., C],
     **kwargs: Any,
 ) -> C: ...
@@ -481,7 +500,7 @@ async def aconnect_with_retry(
     *,
     policy: Backoff | None = None,
     hooks: Sequence[Hook] | None = None,
-    runtime_policy: Backoff | None = None,
+    reconnect: Backoff | None = None,
     factory: Callable[..., Any] | None = None,
     **kwargs: Any,
 ) -> Any:
@@ -492,7 +511,8 @@ async def aconnect_with_retry(
     (``redis.asyncio.cluster.RedisCluster.from_url``, say); it must not be a
     coroutine function.
     """
-    startup = _startup(url, factory, kwargs, runtime_policy, hooks, aio=True)
+    reconnect = _renamed_reconnect(reconnect, kwargs)
+    startup = _startup(url, factory, kwargs, reconnect, hooks, aio=True)
     return await startup.retrier(policy, hooks).acall(startup.aattempt)
 
 
@@ -502,7 +522,7 @@ def connect_sentinel_with_retry(
     *,
     policy: Backoff | None = None,
     hooks: Sequence[Hook] | None = None,
-    runtime_policy: Backoff | None = None,
+    reconnect: Backoff | None = None,
     sentinel_kwargs: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> redis.Redis:
@@ -522,7 +542,7 @@ def connect_sentinel_with_retry(
         service_name,
         sentinel_kwargs=sentinel_kwargs,
         kwargs=kwargs,
-        runtime_policy=runtime_policy,
+        reconnect=_renamed_reconnect(reconnect, kwargs),
         hooks=hooks,
         aio=False,
     )
@@ -536,7 +556,7 @@ async def aconnect_sentinel_with_retry(
     *,
     policy: Backoff | None = None,
     hooks: Sequence[Hook] | None = None,
-    runtime_policy: Backoff | None = None,
+    reconnect: Backoff | None = None,
     sentinel_kwargs: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> redis.asyncio.Redis:
@@ -546,7 +566,7 @@ async def aconnect_sentinel_with_retry(
         service_name,
         sentinel_kwargs=sentinel_kwargs,
         kwargs=kwargs,
-        runtime_policy=runtime_policy,
+        reconnect=_renamed_reconnect(reconnect, kwargs),
         hooks=hooks,
         aio=True,
     )
