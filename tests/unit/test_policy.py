@@ -65,7 +65,7 @@ def test_frozen_hashable_and_keyword_only() -> None:
     with pytest.raises(TypeError):
         Backoff(1)  # type: ignore[misc]
     with pytest.raises(TypeError, match="unexpected keyword"):
-        Backoff(initail=1)  # type: ignore[call-arg]
+        Backoff(initail=1)  # type: ignore[call-arg]  # codespell:ignore
 
 
 def test_replace_validates_again() -> None:
