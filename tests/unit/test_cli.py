@@ -408,6 +408,20 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert "-- COMMAND ARGS" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("action", ["wait", "check"])
+def test_help_names_every_kind_of_target_and_recommends_env(
+    action: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--help`` lists the libpq key=value form with the URL schemes, and says to pass a
+    target with a password through --env (arguments show in ``ps``)."""
+    assert main([action, "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for form in ("postgresql://", "redis://", "tcp://HOST:PORT", "https://", "key=value"):
+        assert form in text
+    assert "'host=db dbname=app user=app'" in text
+    assert "use --env" in text
+
+
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     """--version prints the version and exits 0."""
     from resilient_connect import __version__

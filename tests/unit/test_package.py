@@ -215,3 +215,20 @@ def test_classifying_a_redis_error_loads_only_the_adapters_rules() -> None:
         "resilient_connect.redis._connect",
         "resilient_connect.redis._sentinel",
     } & set(added)
+
+
+def test_api_reference_renders_every_exported_name() -> None:
+    """The generated API pages have a ``::: module.name`` entry for every name in every
+    public module's __all__, and nothing that is not exported."""
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    rendered = {
+        line.removeprefix("::: ").strip()
+        for page in sorted(docs.glob("api*.md"))
+        for line in page.read_text().splitlines()
+        if line.startswith("::: ")
+    }
+    modules = PUBLIC_PACKAGES + EXPORTER_MODULES
+    exported = {
+        f"{name}.{each}" for name in modules for each in importlib.import_module(name).__all__
+    }
+    assert rendered - set(modules) == exported

@@ -97,7 +97,9 @@ def _add_common(parser: argparse.ArgumentParser, *, policy: bool) -> None:
         nargs="*",
         metavar="TARGET",
         help="postgresql://, postgres://, postgresql+DRIVER://, redis://, rediss://, "
-        "tcp://HOST:PORT, http:// or https:// URL",
+        "tcp://HOST:PORT, http:// or https:// URL, or a libpq key=value string such as "
+        "'host=db dbname=app user=app' (one argument). Targets with a password: use --env, "
+        "since arguments are visible to other users (ps)",
     )
     parser.add_argument(
         "--env",
