@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import FaultProxy, PostgresServer, RedisServer, with_default_signals
+from harness import FaultProxy, PostgresServer, RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +58,7 @@ def spawn() -> Iterator[Callable[..., subprocess.Popen[str]]]:
 
     def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
-            with_default_signals([*CLI, *args]),
+            [*CLI, *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
