@@ -83,7 +83,7 @@ def dataclass_values() -> None:
     (each ignore below must be needed: warn_unused_ignores)."""
     policy = rc.Backoff()
     assert_type(dataclasses.replace(policy, timeout=5), rc.Backoff)
-    dataclasses.replace(policy, timout=5)  # type: ignore[call-arg]
+    dataclasses.replace(policy, timout=5)  # type: ignore[call-arg]  # codespell:ignore
     dataclasses.replace(policy, timeout="5")  # type: ignore[arg-type]
     rc.Backoff(1)  # type: ignore[call-arg]
     verdict = rc.Verdict(transient=True, rule="pg:refused")
