@@ -22,12 +22,17 @@ def publish(module: str, namespace: Mapping[str, object], names: Iterable[str]) 
     """Set ``__module__`` to ``module`` on the classes and functions among ``names``.
 
     Only objects defined in a private module of this package are changed (so a
-    name is published once, by the first public package that exports it);
-    constants (policies, tables, strings) have no ``__module__`` of their own.
+    name is published once, by the first public package that exports it), and
+    only under their own name: an object exported as an alias
+    (``from ._checks import problems as conninfo_problems``) keeps its module,
+    where pickle finds it by its own name. Constants (policies, tables,
+    strings) have no ``__module__`` of their own.
     """
     for name in names:
         obj = namespace.get(name)
         if not (isinstance(obj, type) or hasattr(obj, "__code__")):
+            continue
+        if getattr(obj, "__qualname__", None) != name:
             continue
         defined_in = getattr(obj, "__module__", "")
         parts = defined_in.split(".")
