@@ -81,6 +81,7 @@ def test_wheel_declares_the_dependency_and_the_extras(wheel: Path) -> None:
         metadata = archive.read(name).decode()
         files = archive.namelist()
     assert "Requires-Dist: typing-extensions" in metadata
+    assert "Project-URL" not in metadata  # no repository or site to point to (yet)
     extras = {
         line.split(": ", 1)[1]
         for line in metadata.splitlines()
