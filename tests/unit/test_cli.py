@@ -963,7 +963,7 @@ def test_missing_driver_is_a_usage_error(
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     code, err = run(capsys, "wait", "postgresql://app@db/app")
     assert code == 2
-    assert "pip install 'resilient-connect[psycopg]'" in err
+    assert "install resilient-connect with its 'psycopg' extra" in err
 
 
 def test_tcp_and_http_targets_load_no_driver() -> None:
