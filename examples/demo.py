@@ -1,7 +1,9 @@
 """Demo: wait for a TCP service that starts late, then give up on one that never starts.
 
-No external service needed: the "service" is a thread in this process that
-starts listening on a loopback port three seconds after the program starts.
+No external service needed: the first "service" is a thread in this process that
+starts listening on a loopback port three seconds after the program starts; the
+second is a loopback port nothing listens on, named by a PostgreSQL URL with a
+password (reached with a plain TCP connect) to show that the password is hidden.
 Run it with ``python examples/demo.py`` and watch the log lines a user sees.
 """
 
@@ -52,18 +54,22 @@ def main() -> int:
     print(f"   connected after {time.monotonic() - started:.1f} s; the service said: {greeting!r}")
 
     dead_port = free_loopback_port()
-    print(f"\n2) connecting to tcp://127.0.0.1:{dead_port}, which never starts (2 s deadline)")
+    # A database URL names the target, as an application's DATABASE_URL would; the demo
+    # still only opens a TCP connection to that port (no driver needed).
+    url = f"postgresql://app:s3cret@127.0.0.1:{dead_port}/app"
+    print(f"\n2) connecting to {rc.redact(url)}, which never starts (2 s deadline);")
+    print("   a plain TCP connect to its port stands in for a PostgreSQL driver")
     try:
         rc.connect_with_retry(
             socket.create_connection,
             ("127.0.0.1", dead_port),
             1.0,
             policy=rc.Backoff(initial=0.2, maximum=1.0, timeout=2),
-            target=f"postgresql://app:s3cret@127.0.0.1:{dead_port}/app",
+            target=url,
         )
     except rc.RetryExhausted as error:
         print(f"   RetryExhausted: {error}")
-        print("   (note the password in the target is hidden everywhere)")
+        print("   (the password in the URL is hidden in every line and message)")
     return 0
 
 

@@ -19,9 +19,8 @@ Only ``Exception`` subclasses ever reach a classifier: ``KeyboardInterrupt``,
 
 from __future__ import annotations
 
+import dataclasses
 import errno
-
-from ._values import value
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -35,7 +34,7 @@ if TYPE_CHECKING:
     Classifier: TypeAlias = Callable[[Exception], "Verdict"]
 
 
-@value
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Verdict:
     """The outcome of classifying one error.
 

@@ -39,7 +39,6 @@ import sys
 
 from . import _budget, _hooks, _statistics, _timing
 from ._errors import RetryExhausted, gave_up_line
-from ._events import Call, GaveUp, NotRetried, Recovered, RetryScheduled
 from ._frames import release_frames
 from ._policy import Backoff
 from ._scope import (
@@ -473,6 +472,9 @@ class _Run:
         # a loop that owns the retries nothing is reported: that loop reports.
         self.hooks = () if self.once else _hooks.resolve(retrier.hooks)
         self.tallies = () if self.once else _statistics.in_scope(retrier.statistics)
+        # The event records load with the first failure that a hook sees, not at import.
+        from ._events import Call
+
         self.call = Call() if self.hooks else None
         self.attempt_start = self.start
         self.budget = None if self.once else _budget.resolve(retrier.budget)
@@ -561,6 +563,8 @@ class _Run:
             self._tally(exc, "retry")
         self.previous = delay
         if self.hooks:
+            from ._events import RetryScheduled
+
             redactor = self._redactor()
             redactor.scrub_exception(exc)  # hooks get the error itself
             self._emit(
@@ -627,6 +631,8 @@ class _Run:
         if self.tallies:
             self._tally(exc, "not_retried")
         if self.hooks and verdict.report:
+            from ._events import NotRetried
+
             redactor = self._redactor()
             event = NotRetried(
                 target=redactor.target,
@@ -668,6 +674,8 @@ class _Run:
             # that one must try again.
             mark_nested(self.outside, redactor.target, self.number)
         if self.hooks:
+            from ._events import GaveUp
+
             self._emit(
                 GaveUp(
                     target=redactor.target,
@@ -705,6 +713,8 @@ class _Run:
         if self.tallies:
             self._tally(None, "success")
         if self.hooks:
+            from ._events import Recovered
+
             now = self.clock()
             self._emit(
                 Recovered(

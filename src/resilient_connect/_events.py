@@ -15,9 +15,8 @@ That is what lets exporters count attempts by outcome.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
-
-from ._values import value
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -52,7 +51,7 @@ class Call:
         return (Call, (self.id,))
 
 
-@value
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Event:
     """What every event has.
 
@@ -68,19 +67,18 @@ class Event:
             by hand, outside the engine.
     """
 
-    # The exception's own repr may quote a DSN with its password; the repr shows its type.
-    _repr_hidden = ("exception",)
-
     target: str
     attempt: int
     elapsed: float
-    exception: BaseException | None
+    # Not in the repr: the exception's own repr may quote a DSN with its password (``cause``
+    # is the redacted description).
+    exception: BaseException | None = dataclasses.field(repr=False)
     cause: str
     duration: float = 0.0
     call: Call | None = None
 
 
-@value
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class RetryScheduled(Event):
     """Attempt ``attempt`` failed with a transient error; the next one follows ``delay`` s.
 
@@ -91,7 +89,7 @@ class RetryScheduled(Event):
     rule: str
 
 
-@value
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class GaveUp(Event):
     """The policy gave up after ``attempt`` attempts; ``RetryExhausted`` follows.
 
@@ -105,7 +103,7 @@ class GaveUp(Event):
     nested: tuple[str, int] | None = None
 
 
-@value
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class NotRetried(Event):
     """Attempt ``attempt`` failed with a permanent error, which now propagates.
 
@@ -115,12 +113,12 @@ class NotRetried(Event):
     rule: str
 
 
-@value
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Recovered(Event):
     """Attempt ``attempt`` succeeded after earlier attempts had failed."""
 
 
-@value
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Succeeded(Event):
     """The first attempt succeeded: the call needed no retry.
 
@@ -128,3 +126,13 @@ class Succeeded(Event):
     exporters), so that a call that succeeds first time costs nothing more for
     everyone else. ``attempt`` is 1, ``elapsed`` equals ``duration``.
     """
+
+
+from ._public import publish  # noqa: E402 - after the classes it renames
+
+# Loaded after the package itself (with the first event): name the package here.
+publish(
+    "resilient_connect",
+    globals(),
+    ("Call", "Event", "GaveUp", "NotRetried", "Recovered", "RetryScheduled", "Succeeded"),
+)

@@ -40,4 +40,6 @@ def rule_of(event: Event) -> str:
 
 def missing_extra(library: str, extra: str) -> ImportError:
     """The error for an exporter whose library is not installed, naming the extra."""
-    return ImportError(f"this hook needs {library}: pip install 'resilient-connect[{extra}]'")
+    # Not "pip install resilient-connect[...]": the package is not on PyPI.
+    msg = f"this hook needs {library}: install it, or resilient-connect with its {extra!r} extra"
+    return ImportError(msg)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import _thread
 
 from . import _statistics
-from ._events import Call, Succeeded
 from ._logging import log_event
 
 TYPE_CHECKING = False
@@ -142,6 +141,8 @@ class Successes:
             from ._redact import Redactor
 
             self._shown = Redactor(retrier.target, retrier.secrets).target
+        from ._events import Call, Succeeded  # loaded with the first event, not at import
+
         event = Succeeded(
             target=self._shown,
             attempt=1,

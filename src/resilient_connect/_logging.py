@@ -40,12 +40,12 @@ import os
 
 from . import _budget, _timing
 from ._errors import gave_up_line
-from ._events import Event, GaveUp, NotRetried, Recovered, RetryScheduled
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from ._events import Event, GaveUp, Recovered, RetryScheduled
     from ._timing import Clock
 
 LOGGER_NAME = "resilient_connect"
@@ -131,6 +131,8 @@ class LogEvents:
 
     def _lines(self, event: Event) -> list[tuple[int, str, tuple[object, ...], dict[str, Any]]]:
         """The lines a person sees for ``event`` (at most one, in practice)."""
+        from ._events import GaveUp, NotRetried, Recovered, RetryScheduled
+
         if isinstance(event, (GaveUp, NotRetried)) and not (
             isinstance(event, GaveUp) and event.reason == "budget"
         ):
@@ -294,6 +296,8 @@ def _interval_from_env() -> float:
 
 def extra_fields(event: Event) -> dict[str, Any]:
     """The namespaced ``extra`` keys of an event's log record (also structlog's keys)."""
+    from ._events import RetryScheduled  # loaded with the first event, not at import
+
     extra: dict[str, Any] = {
         "resilient_connect_event": type(event).__name__,
         "resilient_connect_target": event.target,
@@ -332,6 +336,8 @@ def timestamp() -> str:
 
 
 def _render(event: Event) -> tuple[int, str, tuple[object, ...]]:
+    from ._events import GaveUp, NotRetried, Recovered, RetryScheduled
+
     if isinstance(event, RetryScheduled):
         args: tuple[object, ...] = (
             event.target,

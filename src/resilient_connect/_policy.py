@@ -22,15 +22,14 @@ the defaults are in ``docs/policies.md`` and ``docs/performance.md``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
-
-from ._values import value
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
-    from typing import Literal, Protocol, TypeAlias
+    from typing import Any, Literal, Protocol, TypeAlias
 
     from ._classify import Cost
 
@@ -93,7 +92,7 @@ def _check_number(
     return as_float
 
 
-@value
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Backoff:
     """How long to wait between attempts, and when to stop.
 
@@ -142,21 +141,6 @@ class Backoff:
     jitter: Jitter = "full"
     probe: float | None = 0.4
 
-    if TYPE_CHECKING:
-
-        def replace(
-            self,
-            *,
-            initial: float = ...,
-            multiplier: float = ...,
-            maximum: float = ...,
-            attempts: int | None = ...,
-            timeout: float | None = ...,
-            jitter: Jitter = ...,
-            probe: float | None = ...,
-        ) -> Backoff:
-            """Return a copy with some fields changed, validated again."""
-
     def __post_init__(self) -> None:
         set_field = object.__setattr__
         set_field(
@@ -193,6 +177,14 @@ class Backoff:
                 "or an attempt limit (attempts=N)",
             )
 
+    def replace(self, **changes: Any) -> Backoff:
+        """Return a copy with ``changes`` applied, validated again.
+
+        The same as ``dataclasses.replace(self, **changes)`` (or ``copy.replace``
+        on Python 3.13+), which type checkers check field by field.
+        """
+        return dataclasses.replace(self, **changes)
+
     @classmethod
     def from_env(
         cls,
@@ -213,7 +205,7 @@ class Backoff:
         policy = cls() if base is None else base
         changes: dict[str, object] = {}
         variables: dict[str, str] = {}
-        for field in cls._fields:  # type: ignore[attr-defined]
+        for field in (each.name for each in dataclasses.fields(cls)):
             variable = f"{prefix}{field.upper()}"
             raw = source.get(variable, "").strip()
             if raw:
@@ -222,7 +214,7 @@ class Backoff:
         if not changes:
             return policy
         try:
-            return policy.replace(**changes)  # type: ignore[arg-type]
+            return dataclasses.replace(policy, **changes)  # type: ignore[arg-type]
         except PolicyError as error:
             variable = variables.get(error.field, next(iter(variables.values())))
             msg = f"{variable}={source[variable]!r}: {error}"
@@ -405,3 +397,27 @@ def _parse_env(field: str, variable: str, raw: str) -> object:
         if field == "jitter":
             msg = f"{variable}={raw!r}: expected one of {', '.join(JITTER_MODES)} or a number"
         raise ValueError(msg) from None
+
+
+DEFAULT_RECONNECT = Backoff(initial=0.1, multiplier=2.0, maximum=1.0, timeout=15.0)
+"""The runtime reconnect policy of the adapters when ``reconnect=None``.
+
+It governs reconnects that a request waits for once the application runs (a
+SQLAlchemy pool connect, a redis-py command): a restart takes well under a
+second and a crash recovery some seconds, so waits at most 1 s apart notice the
+comeback quickly, and the 15 s deadline keeps a request from hanging much
+longer than that. psycopg_pool's background reconnects, which no request waits
+for, have their own default (``resilient_connect.psycopg.DEFAULT_POOL_RECONNECT``).
+"""
+
+
+def parse_field(field: str, raw: str, *, source: str) -> object:
+    """Parse ``raw`` as the value of Backoff field ``field``, as ``from_env`` does.
+
+    The one parser for policy text, shared by the environment and the command
+    line: ``none`` (also ``null``, ``unlimited``...) for no limit on
+    ``attempts`` and ``timeout``. ``source`` names where the text came from (a
+    variable, an option) in the ``ValueError`` for text that is not a value.
+    The result is validated by ``Backoff`` itself.
+    """
+    return _parse_env(field, source, raw.strip())

@@ -67,8 +67,12 @@ def retry(
         budget: a :class:`~resilient_connect.RetryBudget` shared with other
             loops: every retry takes tokens from it, and the call gives up
             (``reason="budget"``) when it is short; ``None`` for none.
-        clock, sleep, asleep, rng: injectable time and randomness, mainly for
-            tests (see also :mod:`resilient_connect.testing`).
+        clock: a monotonic clock in seconds; ``None`` for the engine's default
+            (see also :mod:`resilient_connect.testing`).
+        sleep: waits between attempts of a sync function; ``None`` for the default.
+        asleep: the same for an ``async def`` function (a coroutine function).
+        rng: the random source of the jitter (``random() -> float`` in
+            ``[0, 1)``); ``None`` for the :mod:`random` module.
 
     Giving up raises :class:`~resilient_connect.RetryExhausted` from the last error.
     The decorated function has a ``statistics`` attribute, a

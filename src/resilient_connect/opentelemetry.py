@@ -30,6 +30,7 @@ call cancelled or interrupted mid-way (no final event) gets its span ended with
 
 from __future__ import annotations
 
+from ._errors import gave_up_line
 from ._events import GaveUp, NotRetried, RetryScheduled, Succeeded
 from ._exporting import DURATION_BUCKETS, missing_extra, outcome_of, rule_of
 from ._version import __version__
@@ -174,9 +175,8 @@ class OpenTelemetryHook:
 
 def _failure(event: GaveUp | NotRetried) -> str:
     if isinstance(event, GaveUp):
-        plural = "attempt" if event.attempt == 1 else "attempts"
-        why = "deadline reached" if event.reason == "deadline" else "no attempts left"
-        return f"gave up after {event.attempt} {plural} ({why}): {event.cause}"
+        line = gave_up_line(event.attempt, event.elapsed, event.reason, event.nested)
+        return f"{line}; last error: {event.cause}"
     return f"permanent error, not retried ({event.rule}): {event.cause}"
 
 

@@ -19,6 +19,7 @@ from .ports import (
     wait_pid_gone,
     wait_port_closed,
     wait_port_open,
+    with_default_signals,
 )
 from .postgres import DEFAULT_PASSWORD, PostgresServer, find_pg_bindir, kv_quote
 from .proxy import FaultProxy, pg_fatal_response, resp_error
@@ -44,4 +45,5 @@ __all__ = [
     "wait_pid_gone",
     "wait_port_closed",
     "wait_port_open",
+    "with_default_signals",
 ]

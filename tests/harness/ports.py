@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -33,6 +34,7 @@ __all__ = [
     "wait_pid_gone",
     "wait_port_closed",
     "wait_port_open",
+    "with_default_signals",
 ]
 
 #: How often the polling helpers look again, in seconds. Small: loopback answers in microseconds.
@@ -60,6 +62,22 @@ def check_loopback(host: str) -> str:
 
 def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def with_default_signals(argv: list[str]) -> list[str]:
+    """``argv`` run with SIGINT and SIGTERM at their defaults, whatever this process inherited.
+
+    CI runs the suite with SIGINT ignored, and an ignored signal stays ignored across
+    ``exec``; a program that keeps an inherited "ignore" (as a background job should) would
+    then never see the SIGINT a test sends. A small Python prelude resets both signals and
+    execs ``argv`` (looked up on PATH), so the program starts as it would from a shell.
+    """
+    prelude = (
+        "import os, signal, sys\n"
+        "for s in (signal.SIGINT, signal.SIGTERM): signal.signal(s, signal.SIG_DFL)\n"
+        "os.execvp(sys.argv[1], sys.argv[1:])"
+    )
+    return [sys.executable, "-c", prelude, *argv]
 
 
 def free_port(host: str = "127.0.0.1") -> int:

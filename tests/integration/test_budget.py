@@ -121,7 +121,7 @@ def test_redis_start_up_and_runtime_bridge_draw_from_the_budget(
     server = make_redis()
     budget = rc.RetryBudget(capacity=20, retry_cost=5, success_refund=1)
     client = rc_redis.connect_with_retry(
-        server.url, policy=FAST, runtime_policy=FAST, budget=budget, hooks=()
+        server.url, policy=FAST, reconnect=FAST, budget=budget, hooks=()
     )
     assert client.ping() is True
     server.stop()

@@ -254,7 +254,7 @@ def test_redis_late_start_and_runtime_restart(
     url = server.url_for(port=proxy.port)
     with capture_logs() as logs, later(0.3, proxy.pass_through):
         client = rc_redis.connect_with_retry(
-            url, policy=FAST, runtime_policy=rc.Backoff(initial=0.05, maximum=0.2, timeout=20)
+            url, policy=FAST, reconnect=rc.Backoff(initial=0.05, maximum=0.2, timeout=20)
         )
     try:
         startup = exporters.prometheus_attempts()

@@ -39,7 +39,7 @@ from resilient_connect import (
 )
 from resilient_connect._events import Event
 from resilient_connect.redis import (
-    DEFAULT_RUNTIME_POLICY,
+    DEFAULT_RECONNECT,
 )
 
 pytestmark = pytest.mark.integration
@@ -112,10 +112,10 @@ def test_returned_client_keeps_its_probe_connection_and_bridge(
 ) -> None:
     """The client has answered PING on a pooled connection that carries the runtime bridge."""
     client = api.connect(redis_server.url, hooks=())
-    assert _bridge_policy(client) == DEFAULT_RUNTIME_POLICY
+    assert _bridge_policy(client) == DEFAULT_RECONNECT
     pooled = client.connection_pool._available_connections
     assert len(pooled) == 1
-    assert getattr(pooled[0].retry, "policy", None) == DEFAULT_RUNTIME_POLICY
+    assert getattr(pooled[0].retry, "policy", None) == DEFAULT_RECONNECT
     assert pooled[0].socket_timeout == 5
 
 
@@ -224,7 +224,7 @@ def test_runtime_bridge_absorbs_kill_and_restart(api: RedisApi, make_redis: Make
     our backoff, logs, and succeeds on the restarted server."""
     server = make_redis(password=PASSWORD)
     recorder = Recorder()
-    client = api.connect(server.url, hooks=[recorder], runtime_policy=RUNTIME)
+    client = api.connect(server.url, hooks=[recorder], reconnect=RUNTIME)
     assert api.do(client, "set", "k", "1") is True
     recorder.events.clear()
     server.kill()
@@ -246,7 +246,7 @@ def test_runtime_bridge_gives_up_with_the_redis_error(api: RedisApi, make_redis:
     server = make_redis()
     recorder = Recorder()
     policy = Backoff(initial=0.05, maximum=0.2, timeout=1.0)
-    client = api.connect(server.url, hooks=[recorder], runtime_policy=policy)
+    client = api.connect(server.url, hooks=[recorder], reconnect=policy)
     server.kill()
     start = time.monotonic()
     with pytest.raises(rx.ConnectionError):
@@ -276,7 +276,7 @@ def test_sentinel_late_start_then_failover(
             password=PASSWORD,
             sentinel_kwargs={"socket_timeout": 2.0},
             policy=FAST,
-            runtime_policy=RUNTIME,
+            reconnect=RUNTIME,
             hooks=[recorder],
         )
     assert "redis:master-not-found" in recorder.rules()
@@ -319,7 +319,7 @@ def test_cluster_factory_waits_for_slots(api: RedisApi, make_redis: MakeRedis) -
     assert "redis:cluster-unreachable" in recorder.rules()
     assert api.do(client, "set", "k", "v") is True
     assert api.do(client, "get", "k") == b"v"
-    assert getattr(client.retry, "policy", None) == DEFAULT_RUNTIME_POLICY
+    assert getattr(client.retry, "policy", None) == DEFAULT_RECONNECT
 
 
 # --------------------------------------------------------------------------------------

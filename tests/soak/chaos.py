@@ -212,7 +212,7 @@ def _judge(error: Exception) -> str | None:
 def _redis_kwargs() -> dict[str, Any]:
     return {
         "policy": _POLICY,
-        "runtime_policy": _POLICY,
+        "reconnect": _POLICY,
         "hooks": (),
         "socket_timeout": REDIS_SOCKET_TIMEOUT,
         "socket_connect_timeout": REDIS_SOCKET_TIMEOUT,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -75,3 +76,16 @@ def policies() -> None:
 
 hook: Callable[[rc.Event], object] = rc.log_event
 wrapped: Callable[[str, int], Awaitable[list[str]]] = afetch
+
+
+def dataclass_values() -> None:
+    """Values are dataclasses to type checkers too: replace() is checked field by field
+    (each ignore below must be needed: warn_unused_ignores)."""
+    policy = rc.Backoff()
+    assert_type(dataclasses.replace(policy, timeout=5), rc.Backoff)
+    dataclasses.replace(policy, timout=5)  # type: ignore[call-arg]  # codespell:ignore
+    dataclasses.replace(policy, timeout="5")  # type: ignore[arg-type]
+    rc.Backoff(1)  # type: ignore[call-arg]
+    verdict = rc.Verdict(transient=True, rule="pg:refused")
+    assert_type(dataclasses.replace(verdict, report=False), rc.Verdict)
+    assert_type(rc.DEFAULT_RECONNECT, rc.Backoff)

@@ -33,7 +33,7 @@ def sync_forms() -> None:
             "rediss://cache:6380/0",
             policy=rc.Backoff(timeout=5),
             hooks=(),
-            runtime_policy=rc.Backoff(timeout=10),
+            reconnect=rc.Backoff(timeout=10),
             decode_responses=True,
         ),
         redis.Redis,

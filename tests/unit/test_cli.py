@@ -206,6 +206,51 @@ def test_parse_none_means_unbounded() -> None:
     assert request.policy.attempts is None
 
 
+@pytest.mark.parametrize(
+    ("option", "variable", "raw"),
+    [
+        ("--timeout", "RESILIENT_CONNECT_TIMEOUT", "null"),
+        ("--timeout", "RESILIENT_CONNECT_TIMEOUT", " Unlimited "),
+        ("--attempts", "RESILIENT_CONNECT_ATTEMPTS", "12"),
+        ("--jitter", "RESILIENT_CONNECT_JITTER", "Equal"),
+        ("--jitter", "RESILIENT_CONNECT_JITTER", "0.3"),
+        ("--initial", "RESILIENT_CONNECT_INITIAL", "0.25"),
+        ("--max-delay", "RESILIENT_CONNECT_MAXIMUM", "4"),
+    ],
+)
+def test_options_and_variables_share_the_policy_parser(
+    option: str, variable: str, raw: str
+) -> None:
+    """An option and its RESILIENT_CONNECT_* variable accept the same text and give the same
+    policy (``--timeout null`` was a usage error while the variable accepted it)."""
+    from_option = parse(["wait", "tcp://a:1", option, raw], {}).policy
+    from_variable = parse(["wait", "tcp://a:1"], {variable: raw}).policy
+    assert from_option == from_variable
+    assert from_option != parse(["wait", "tcp://a:1"], {}).policy
+
+
+@pytest.mark.parametrize(
+    ("option", "variable", "raw"),
+    [
+        ("--timeout", "RESILIENT_CONNECT_TIMEOUT", "soon"),
+        ("--attempts", "RESILIENT_CONNECT_ATTEMPTS", "2.5"),
+        ("--jitter", "RESILIENT_CONNECT_JITTER", "lots"),
+    ],
+)
+def test_options_and_variables_reject_the_same_text_alike(
+    option: str, variable: str, raw: str
+) -> None:
+    """Text that is no value is a usage error in both places, with the same explanation."""
+    with pytest.raises(UsageError) as by_option:
+        parse(["wait", "tcp://a:1", option, raw], {})
+    with pytest.raises(UsageError) as by_variable:
+        parse(["wait", "tcp://a:1"], {variable: raw})
+    assert f"{option}={raw!r}: " in str(by_option.value)
+    assert f"{variable}={raw!r}: " in str(by_variable.value)
+    explanation = str(by_variable.value).partition(": expected")[2]
+    assert str(by_option.value).partition(": expected")[2] == explanation
+
+
 def test_parse_proportional_jitter() -> None:
     """A number is proportional jitter."""
     assert parse(["wait", "tcp://a:1", "--jitter", "0.25"], {}).policy.jitter == 0.25
@@ -376,6 +421,20 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     """--help prints the usage to stdout and exits 0."""
     assert main(["wait", "--help"]) == 0
     assert "-- COMMAND ARGS" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("action", ["wait", "check"])
+def test_help_names_every_kind_of_target_and_recommends_env(
+    action: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--help`` lists the libpq key=value form with the URL schemes, and says to pass a
+    target with a password through --env (arguments show in ``ps``)."""
+    assert main([action, "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for form in ("postgresql://", "redis://", "tcp://HOST:PORT", "https://", "key=value"):
+        assert form in text
+    assert "'host=db dbname=app user=app'" in text
+    assert "use --env" in text
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -940,7 +999,7 @@ def test_missing_driver_is_a_usage_error(
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     code, err = run(capsys, "wait", "postgresql://app@db/app")
     assert code == 2
-    assert "pip install 'resilient-connect[psycopg]'" in err
+    assert "install resilient-connect with its 'psycopg' extra" in err
 
 
 def test_tcp_and_http_targets_load_no_driver() -> None:

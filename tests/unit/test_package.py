@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
 import json
 import subprocess
 import sys
@@ -12,27 +14,128 @@ import pytest
 import resilient_connect
 import resilient_connect.testing
 
+# Every public module: its __all__ is sorted (constants, classes, then functions, as ruff's
+# RUF022 sorts), complete (every public name it has is exported) and resolvable.
+PUBLIC_PACKAGES = (
+    "resilient_connect",
+    "resilient_connect.psycopg",
+    "resilient_connect.redis",
+    "resilient_connect.sqlalchemy",
+    "resilient_connect.testing",
+)
+EXPORTER_MODULES = (
+    "resilient_connect.opentelemetry",
+    "resilient_connect.prometheus",
+    "resilient_connect.structlog",
+)
+# Submodules show up as attributes once imported; they are not API names.
+SUBMODULES = {"psycopg", "redis", "sqlalchemy", "opentelemetry", "prometheus", "structlog"}
+SUBMODULES |= {"testing"}
 
-def test_all_is_sorted_and_complete() -> None:
-    """__all__ is sorted and lists every public name the package defines."""
-    exported = resilient_connect.__all__
-    assert exported == sorted(exported)
+
+def _isort_key(name: str) -> tuple[int, str]:
+    """RUF022's order: SCREAMING_CASE, then CamelCase, then the rest."""
+    group = 0 if name.isupper() else 1 if name[:1].isupper() else 2
+    return (group, name)
+
+
+@pytest.mark.parametrize("name", PUBLIC_PACKAGES + EXPORTER_MODULES)
+def test_all_is_sorted_and_resolvable(name: str) -> None:
+    """__all__ is sorted and every name in it can be imported from the module."""
+    module = importlib.import_module(name)
+    exported = module.__all__
+    assert exported == sorted(exported, key=_isort_key)
+    assert len(set(exported)) == len(exported)
+    assert all(hasattr(module, each) for each in exported)
+
+
+@pytest.mark.parametrize("name", PUBLIC_PACKAGES)
+def test_all_is_complete(name: str) -> None:
+    """A public package exports every public name it has, the lazily loaded ones included."""
+    module = importlib.import_module(name)
+    for each in module.__all__:
+        getattr(module, each)  # loads the lazy ones into the namespace
     public = {
-        name
-        for name in vars(resilient_connect)
-        if not name.startswith("_") and name not in {"testing", "TYPE_CHECKING"}
+        each
+        for each in vars(module)
+        if not each.startswith("_") and each not in {"TYPE_CHECKING", "annotations"} | SUBMODULES
     }
-    # Submodules imported by adapters or tests show up as attributes; they are not API names.
-    public -= {"psycopg", "redis", "sqlalchemy", "opentelemetry", "prometheus", "structlog"}
-    assert public | {"__version__"} == set(exported)
-    assert all(hasattr(resilient_connect, name) for name in exported)
+    assert public | {"__version__"} >= set(module.__all__)
+    assert public <= set(module.__all__)
+    assert sorted(set(dir(module)) & public) == sorted(public)
 
 
-def test_testing_all_is_sorted_and_complete() -> None:
-    """resilient_connect.testing exports exactly its public names."""
-    exported = resilient_connect.testing.__all__
-    assert exported == sorted(exported)
-    assert all(hasattr(resilient_connect.testing, name) for name in exported)
+@pytest.mark.parametrize("name", PUBLIC_PACKAGES + EXPORTER_MODULES)
+def test_exported_names_belong_to_the_public_module(name: str) -> None:
+    """Exported classes and functions name a public module in __module__ (tracebacks say
+    ``resilient_connect.RetryExhausted``), and pickles of them resolve."""
+    module = importlib.import_module(name)
+    for each in module.__all__:
+        obj = getattr(module, each)
+        if (isinstance(obj, type) or hasattr(obj, "__code__")) and obj.__qualname__ == each:
+            owner = obj.__module__
+            assert not any(part.startswith("_") for part in owner.split(".")), (each, owner)
+            assert getattr(importlib.import_module(owner), obj.__qualname__) is obj
+
+
+def test_traceback_names_the_public_class() -> None:
+    """A RetryExhausted traceback line reads ``resilient_connect.RetryExhausted: ...``."""
+    import traceback
+
+    error = resilient_connect.RetryExhausted(
+        target="db", attempts=1, elapsed=0.0, last_exception=OSError("refused")
+    )
+    line = traceback.format_exception_only(type(error), error)[-1]
+    assert line.startswith("resilient_connect.RetryExhausted: db: gave up after 1 attempt")
+
+
+def test_verdict_is_public() -> None:
+    """classify() returns a Verdict, importable from the package (not only a private module)."""
+    from resilient_connect import Verdict
+    from resilient_connect.redis import classify
+
+    assert isinstance(classify(ConnectionError("refused")), Verdict)
+
+
+def test_event_records_load_with_the_first_event() -> None:
+    """The six event dataclasses load on first use, not with ``import resilient_connect``;
+    ``from resilient_connect import GaveUp`` still works and names the package."""
+    code = (
+        "import sys, json, resilient_connect\n"
+        "before = '_events' in str(sorted(sys.modules))\n"
+        "from resilient_connect import GaveUp\n"
+        "print(json.dumps([before, GaveUp.__module__, 'resilient_connect._events' in sys.modules]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert json.loads(result.stdout) == [False, "resilient_connect", True]
+
+
+def test_one_place_builds_the_give_up_line() -> None:
+    """Only ``_errors.gave_up_line`` spells "gave up after": every message, log line, CLI line
+    and span status that says it calls that function."""
+    package = Path(resilient_connect.__file__).parent
+    spelled = []
+    for path in sorted(package.rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+        }
+        spelled.extend(
+            f"{path.relative_to(package)}:{node.lineno}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and "gave up after" in node.value
+            and id(node) not in docstrings
+        )
+    assert [place.partition(":")[0] for place in spelled] == ["_errors.py"]
 
 
 def test_import_loads_no_driver_and_no_asyncio() -> None:
@@ -112,3 +215,40 @@ def test_classifying_a_redis_error_loads_only_the_adapters_rules() -> None:
         "resilient_connect.redis._connect",
         "resilient_connect.redis._sentinel",
     } & set(added)
+
+
+def test_api_reference_renders_every_exported_name() -> None:
+    """The generated API pages have a ``::: module.name`` entry for every name in every
+    public module's __all__, and nothing that is not exported."""
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    rendered = {
+        line.removeprefix("::: ").strip()
+        for page in sorted(docs.glob("api*.md"))
+        for line in page.read_text().splitlines()
+        if line.startswith("::: ")
+    }
+    modules = PUBLIC_PACKAGES + EXPORTER_MODULES
+    exported = {
+        f"{name}.{each}" for name in modules for each in importlib.import_module(name).__all__
+    }
+    assert rendered - set(modules) == exported
+
+
+def test_publish_leaves_aliases_and_foreign_objects_alone() -> None:
+    """publish() renames what a private module defines under its own name, nothing else: an
+    alias keeps its module (pickle finds it there by its own name), as do stdlib objects."""
+    import types
+
+    from resilient_connect._public import publish
+
+    def problems() -> None:
+        return None
+
+    problems.__module__ = "resilient_connect.psycopg._checks"
+    own = types.new_class("Rule")
+    own.__module__ = "resilient_connect._postgres._rules"
+    namespace = {"conninfo_problems": problems, "Rule": own, "Path": Path, "RULES": ()}
+    publish("resilient_connect.psycopg", namespace, namespace)
+    assert problems.__module__ == "resilient_connect.psycopg._checks"
+    assert own.__module__ == "resilient_connect.psycopg"
+    assert Path.__module__ == "pathlib"

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 import pickle
 import random
+import sys
+from dataclasses import FrozenInstanceError
 
 import pytest
 from hypothesis import example, given, settings
@@ -18,7 +22,6 @@ from resilient_connect._policy import (
     full_jitter,
     proportional_jitter,
 )
-from resilient_connect._values import FrozenInstanceError
 
 
 class Fixed:
@@ -62,7 +65,7 @@ def test_frozen_hashable_and_keyword_only() -> None:
     with pytest.raises(TypeError):
         Backoff(1)  # type: ignore[misc]
     with pytest.raises(TypeError, match="unexpected keyword"):
-        Backoff(initail=1)  # type: ignore[call-arg]
+        Backoff(initail=1)  # type: ignore[call-arg]  # codespell:ignore
 
 
 def test_replace_validates_again() -> None:
@@ -74,6 +77,46 @@ def test_replace_validates_again() -> None:
     assert changed != policy
     with pytest.raises(ValueError, match=r"Backoff\.timeout"):
         policy.replace(timeout=-1)
+
+
+def test_dataclasses_functions_work_and_replace_validates() -> None:
+    """Backoff is a stdlib dataclass: fields(), asdict() and replace() work, and
+    dataclasses.replace runs the same validation as the constructor."""
+    policy = Backoff(attempts=3)
+    assert [f.name for f in dataclasses.fields(policy)] == [
+        "initial",
+        "multiplier",
+        "maximum",
+        "attempts",
+        "timeout",
+        "jitter",
+        "probe",
+    ]
+    assert dataclasses.asdict(policy)["attempts"] == 3
+    assert dataclasses.replace(policy, jitter=" Equal ").jitter == "equal"  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^Backoff\.timeout: "):
+        dataclasses.replace(policy, timeout=0)
+    assert policy.replace(timeout=5) == dataclasses.replace(policy, timeout=5)
+    if sys.version_info >= (3, 13):
+        import copy
+
+        assert copy.replace(policy, initial=1) == Backoff(attempts=3, initial=1)  # type: ignore[attr-defined]
+
+
+def test_constructor_signature_names_every_field() -> None:
+    """help(Backoff) shows the keyword-only fields and their defaults, not (**kwargs)."""
+    signature = inspect.signature(Backoff)
+    assert list(signature.parameters) == [
+        "initial",
+        "multiplier",
+        "maximum",
+        "attempts",
+        "timeout",
+        "jitter",
+        "probe",
+    ]
+    assert all(p.kind is p.KEYWORD_ONLY for p in signature.parameters.values())
+    assert signature.parameters["timeout"].default == 60.0
 
 
 def test_repr_and_pickle_round_trip() -> None:
@@ -118,7 +161,7 @@ def test_missing_required_field_is_a_type_error() -> None:
     """Value classes without defaults reject a call that omits a field."""
     from resilient_connect._classify import Verdict
 
-    with pytest.raises(TypeError, match="missing keyword argument 'rule'"):
+    with pytest.raises(TypeError, match="missing 1 required keyword-only argument: 'rule'"):
         Verdict(transient=True)  # type: ignore[call-arg]
 
 

@@ -194,6 +194,7 @@ CASES: list[tuple[BaseException, str]] = [
         "pg:sqlstate-25006",
     ),
     # localised servers (lc_messages), as a server with a UTF-8 or an ASCII (C) locale sends them
+    # codespell:ignore-begin (French and German are not misspelt English)
     (
         op(AT + "FATAL:  Passwort-Authentifizierung für Benutzer »app« fehlgeschlagen"),
         "pg:auth-failed",
@@ -217,6 +218,7 @@ CASES: list[tuple[BaseException, str]] = [
         "pg:standby",
     ),
     (op(AT + 'FATAL:  データベース"nosuchdb"は存在しません'), "pg:database-missing"),
+    # end of the localised texts: codespell:ignore-end
     # pgbouncer's own texts: no SQLSTATE through libpq, 08P01 through asyncpg (1.18)
     (op(AT + "FATAL:  SASL authentication failed"), "pgbouncer:auth-failed"),
     (pg_errors.lookup("08P01")("SASL authentication failed"), "pgbouncer:auth-failed"),

@@ -30,7 +30,7 @@ from resilient_connect import GaveUp, NotRetried, Recovered, RetryScheduled
 from resilient_connect._classify import default_classifier
 from resilient_connect._engine import Attempt
 from resilient_connect.redis import (
-    DEFAULT_RUNTIME_POLICY,
+    DEFAULT_RECONNECT,
     RULES,
     PolicyBackoff,
     aruntime_retry,
@@ -556,9 +556,31 @@ def test_bridge_repr_hides_the_password() -> None:
 
 
 def test_default_runtime_policy_is_bounded() -> None:
-    """The default runtime policy has a deadline: a command never waits forever."""
-    assert DEFAULT_RUNTIME_POLICY.timeout is not None
-    assert runtime_retry().policy == DEFAULT_RUNTIME_POLICY  # type: ignore[attr-defined]
+    """The default runtime policy has a deadline (a command never waits forever) and is the
+    one runtime default of every adapter."""
+    assert DEFAULT_RECONNECT.timeout is not None
+    assert runtime_retry().policy == DEFAULT_RECONNECT  # type: ignore[attr-defined]
+    assert DEFAULT_RECONNECT is rc.DEFAULT_RECONNECT
+
+
+def test_old_names_still_work_and_warn() -> None:
+    """``DEFAULT_RUNTIME_POLICY`` and ``runtime_policy=`` are deprecated spellings of
+    ``DEFAULT_RECONNECT`` and ``reconnect=``: they work and warn."""
+    import resilient_connect.redis as rc_redis
+
+    with pytest.warns(DeprecationWarning, match="DEFAULT_RECONNECT"):
+        assert rc_redis.DEFAULT_RUNTIME_POLICY is DEFAULT_RECONNECT
+    with (
+        pytest.warns(DeprecationWarning, match="reconnect="),
+        pytest.raises(TypeError, match="reconnect="),
+    ):
+        connect_with_retry(  # the old name reaches the same check as the new one
+            "redis://localhost:6379/0",
+            retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),
+            runtime_policy=FAST,
+        )
+    with pytest.raises(TypeError, match="not both"):
+        connect_with_retry("redis://localhost:6379/0", reconnect=FAST, runtime_policy=FAST)
 
 
 # --------------------------------------------------------------------------------------
@@ -655,13 +677,13 @@ def test_bad_url_fails_on_the_first_attempt() -> None:
     assert "S3cr3t-PW" not in events[0].target
 
 
-def test_retry_and_runtime_policy_are_exclusive() -> None:
-    """Passing redis-py's retry= and runtime_policy= together is a TypeError, before any I/O."""
-    with pytest.raises(TypeError, match="runtime_policy"):
+def test_retry_and_reconnect_are_exclusive() -> None:
+    """Passing redis-py's retry= and reconnect= together is a TypeError, before any I/O."""
+    with pytest.raises(TypeError, match="reconnect="):
         connect_with_retry(
             "redis://localhost:6379/0",
             retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),
-            runtime_policy=FAST,
+            reconnect=FAST,
         )
 
 
@@ -724,7 +746,7 @@ def test_sentinel_connection_class_choice() -> None:
             "m",
             sentinel_kwargs=None,
             kwargs=kwargs,
-            runtime_policy=None,
+            reconnect=None,
             hooks=(),
             aio=aio,
         )

@@ -27,7 +27,7 @@ import threading
 import time
 
 from .._errors import RetryExhausted, gave_up_line
-from .._policy import Backoff, PolicyError
+from .._policy import Backoff, PolicyError, parse_field
 from .._redact import Redactor
 from .._version import __version__
 from ._output import PERMANENT_EXIT, PROG, Reporter, choose_mode
@@ -67,7 +67,6 @@ _DEST_FOR_FIELD = {
     "timeout": "timeout",
     "jitter": "jitter",
 }
-_UNBOUNDED_WORDS = frozenset({"none", "unlimited", "inf", "infinite", "forever"})
 
 # Replaced in tests; looked up at call time.
 _execvp: Callable[[str, list[str]], object] = os.execvp
@@ -89,44 +88,18 @@ class _Parser(argparse.ArgumentParser):
 
 
 # ---------------------------------------------------------------------------- parsing
-def _seconds(text: str) -> float | None:
-    if text.strip().lower() in _UNBOUNDED_WORDS:
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        msg = f"expected a number of seconds, got {text!r}"
-        raise argparse.ArgumentTypeError(msg) from None
-
-
-def _count(text: str) -> int | None:
-    if text.strip().lower() in _UNBOUNDED_WORDS:
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        msg = f"expected a whole number or 'none', got {text!r}"
-        raise argparse.ArgumentTypeError(msg) from None
-
-
-def _jitter(text: str) -> str | float:
-    mode = text.strip().lower()
-    if mode in {"none", "full", "equal", "decorrelated"}:
-        return mode
-    try:
-        return float(text)
-    except ValueError:
-        msg = f"expected none, full, equal, decorrelated or a number in [0, 1], got {text!r}"
-        raise argparse.ArgumentTypeError(msg) from None
-
-
+# Policy options are kept as text here and parsed by the policy's own parser (the one
+# ``Backoff.from_env`` uses), so ``--timeout null`` and ``RESILIENT_CONNECT_TIMEOUT=null``
+# mean the same thing.
 def _add_common(parser: argparse.ArgumentParser, *, policy: bool) -> None:
     parser.add_argument(
         "targets",
         nargs="*",
         metavar="TARGET",
         help="postgresql://, postgres://, postgresql+DRIVER://, redis://, rediss://, "
-        "tcp://HOST:PORT, http:// or https:// URL",
+        "tcp://HOST:PORT, http:// or https:// URL, or a libpq key=value string such as "
+        "'host=db dbname=app user=app' (one argument). Targets with a password: use --env, "
+        "since arguments are visible to other users (ps)",
     )
     parser.add_argument(
         "--env",
@@ -137,7 +110,6 @@ def _add_common(parser: argparse.ArgumentParser, *, policy: bool) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=_seconds,
         default=argparse.SUPPRESS,
         metavar="S",
         help="overall deadline in seconds, or 'none' (default: RESILIENT_CONNECT_TIMEOUT, "
@@ -146,14 +118,12 @@ def _add_common(parser: argparse.ArgumentParser, *, policy: bool) -> None:
     if policy:
         parser.add_argument(
             "--initial",
-            type=float,
             default=argparse.SUPPRESS,
             metavar="S",
             help="first delay in seconds (default 0.1)",
         )
         parser.add_argument(
             "--max-delay",
-            type=float,
             default=argparse.SUPPRESS,
             metavar="S",
             help=f"cap on one delay in seconds (default: RESILIENT_CONNECT_MAXIMUM, "
@@ -161,14 +131,12 @@ def _add_common(parser: argparse.ArgumentParser, *, policy: bool) -> None:
         )
         parser.add_argument(
             "--attempts",
-            type=_count,
             default=argparse.SUPPRESS,
             metavar="N",
             help="most attempts per target, or 'none'",
         )
         parser.add_argument(
             "--jitter",
-            type=_jitter,
             default=argparse.SUPPRESS,
             metavar="KIND",
             help="none, full (default), equal, decorrelated, or a fraction such as 0.2",
@@ -281,20 +249,27 @@ def _policy(
         policy = Backoff.from_env(base=base, environ=environ)
     except ValueError as exc:
         raise UsageError(f"{prog}: {exc}") from None
-    changes: dict[str, object] = {
-        field: getattr(options, dest)
-        for field, dest in _DEST_FOR_FIELD.items()
-        if hasattr(options, dest)  # absent unless given: None means "unbounded"
-    }
+    changes: dict[str, object] = {}
+    for field, dest in _DEST_FOR_FIELD.items():
+        if hasattr(options, dest):  # absent unless given
+            raw = getattr(options, dest)
+            try:
+                changes[field] = parse_field(field, raw, source=_option(dest))
+            except ValueError as exc:
+                raise UsageError(f"{prog}: {exc}") from None
     if action == "check":
         changes["attempts"] = 1
     try:
-        return policy.replace(**changes)  # type: ignore[arg-type]
+        return policy.replace(**changes)
     except PolicyError as exc:
-        dest = _DEST_FOR_FIELD.get(exc.field)
-        option = "--" + dest.replace("_", "-") if dest else f"Backoff.{exc.field}"
+        named = _DEST_FOR_FIELD.get(exc.field)
+        option = _option(named) if named else f"Backoff.{exc.field}"
         detail = str(exc).partition(": ")[2] or str(exc)
         raise UsageError(f"{prog}: {option}: {detail}") from None
+
+
+def _option(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
 
 
 # ---------------------------------------------------------------------------- waiting

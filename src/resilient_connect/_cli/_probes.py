@@ -164,8 +164,10 @@ def _require(module: str, extra: str, label: str) -> None:
     import importlib.util
 
     if importlib.util.find_spec(module) is None:
+        # Not "pip install resilient-connect[...]": the package is not on PyPI.
         msg = (
-            f"target {label!r} needs the {module} package: pip install 'resilient-connect[{extra}]'"
+            f"target {label!r} needs the {module} package: install it, or install "
+            f"resilient-connect with its {extra!r} extra"
         )
         raise TargetError(msg)
 

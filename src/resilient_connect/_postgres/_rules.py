@@ -28,10 +28,10 @@ The documentation renders the same table (a unit test keeps them in step).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 from .._classify import Verdict
-from .._values import value
 from ._messages import TRANSLATIONS
 
 TYPE_CHECKING = False
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from .._classify import Cost
 
 
-@value
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Rule:
     """One row of the classification table.
 
@@ -308,7 +308,7 @@ RULES: tuple[Rule, ...] = (
         meaning="the connection dropped (server restarted or killed, network cut); reconnect",
     ),
 )
-"""Every rule, permanent ones first; see :func:`match` for the order of evaluation."""
+"""Every rule, permanent ones first; see :func:`judge` for the order of evaluation."""
 
 PGBOUNCER_RULES: tuple[Rule, ...] = (
     # pgbouncer's own texts (src/client.c, objects.c, janitor.c of pgbouncer 1.18 to 1.25).

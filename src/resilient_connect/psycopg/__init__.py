@@ -21,11 +21,11 @@ permanent one costs one deadline, with the text logged at every attempt. See
 ``docs/psycopg.md``.
 
 Each attempt is bounded by the time left before the policy's deadline, not by
-psycopg's connect timeout alone (which is per host, 130 s by default and at
-least 2 s): ``connect_timeout`` becomes the caller's or
-:data:`DEFAULT_CONNECT_TIMEOUT`, shared out so the hosts fit in the time left;
-the async function also cancels the connect at the deadline (never losing the
-caller's own cancellation), and the sync one waits
+psycopg's connect timeout alone (which counts per host, at least 2 s, and is
+130 s when unset; this adapter never leaves it unset): ``connect_timeout``
+becomes the caller's or :data:`DEFAULT_CONNECT_TIMEOUT`, shared out so the
+hosts fit in the time left; the async function also cancels the connect at the
+deadline (never losing the caller's own cancellation), and the sync one waits
 for the blocking connect on a helper thread that it abandons, and that closes
 whatever it gets late, when the deadline comes first.
 
@@ -36,6 +36,7 @@ that wait for the server the same way at start-up, and whose reconnects use
 """
 
 from .._postgres._rules import RULES, UNKNOWN, Rule
+from .._public import publish as _publish
 from ._checks import problems as conninfo_problems
 from ._classify import classify, is_transient
 from ._connect import (
@@ -59,3 +60,5 @@ __all__ = [
     "create_pool",
     "is_transient",
 ]
+
+_publish(__name__, globals(), __all__)

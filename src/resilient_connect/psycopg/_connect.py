@@ -309,8 +309,9 @@ def deadline_timeout(seconds: float) -> _pg_errors.ConnectionTimeout:
 def _user_timeout(value: object) -> int | None:
     """The caller's ``connect_timeout`` (kwargs, conninfo or ``PGCONNECT_TIMEOUT``), if valid.
 
-    ``None`` when unset, zero, negative or unparsable: psycopg then uses its
-    130 s default, so the deadline is the only bound.
+    ``None`` when unset, zero, negative or unparsable: the attempt then uses
+    :data:`DEFAULT_CONNECT_TIMEOUT` (never psycopg's 130 s, nor libpq's "0 means
+    wait forever"), lowered to fit the time left like any other value.
     """
     if value in (None, ""):
         import os

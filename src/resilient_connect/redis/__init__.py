@@ -12,23 +12,25 @@ password fails on the first attempt, although redis-py files it under
 The returned client carries the **runtime bridge**: a ``redis.retry.Retry``
 driven by our engine (:func:`runtime_retry`), so a Redis restart while the
 application runs is absorbed with the same backoff, classification and log
-lines. ``runtime_policy=`` chooses its policy (default
-:data:`DEFAULT_RUNTIME_POLICY`: at most 10 s per command); pass redis-py's own
-``retry=`` instead to keep full control.
+lines. ``reconnect=`` chooses its policy (default :data:`DEFAULT_RECONNECT`,
+the same runtime default as the other adapters': at most 15 s per command);
+pass redis-py's own ``retry=`` instead to keep full control.
 
 Sentinel: :func:`connect_sentinel_with_retry` waits for the sentinels and for
 a master of the service. Cluster: pass ``factory=RedisCluster.from_url``.
-Importing this module loads only ``redis.exceptions``-level knowledge (the
-rule table); redis-py's clients, ``redis.asyncio`` and ``redis.sentinel`` are
-imported when a connect function or the bridge is first used, and never by
-``import resilient_connect``.
+Importing this module loads the rule table only, which needs no part of
+redis-py; the connect functions and the bridge (and with them redis-py's
+clients, ``redis.asyncio`` and ``redis.sentinel``) are imported when first
+used, and never by ``import resilient_connect``.
 """
 
+from .._policy import DEFAULT_RECONNECT
+from .._public import publish as _publish
 from ._rules import RULES, Rule, classify, is_transient
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ._bridge import DEFAULT_RUNTIME_POLICY, PolicyBackoff, aruntime_retry, runtime_retry
+    from ._bridge import PolicyBackoff, aruntime_retry, runtime_retry
     from ._connect import (
         DEFAULT_URL,
         aconnect_sentinel_with_retry,
@@ -40,7 +42,6 @@ if TYPE_CHECKING:
 # Loaded on first use: classifying an error (the engine's default classifier does) needs
 # only the rule table, not redis.asyncio, redis.sentinel or the bridge.
 _LAZY = {
-    "DEFAULT_RUNTIME_POLICY": "._bridge",
     "PolicyBackoff": "._bridge",
     "aruntime_retry": "._bridge",
     "runtime_retry": "._bridge",
@@ -53,6 +54,15 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> object:
+    if name == "DEFAULT_RUNTIME_POLICY":
+        import warnings
+
+        warnings.warn(
+            "DEFAULT_RUNTIME_POLICY is deprecated: it is DEFAULT_RECONNECT",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return DEFAULT_RECONNECT
     module = _LAZY.get(name)
     if module is None:
         msg = f"module {__name__!r} has no attribute {name!r}"
@@ -60,6 +70,7 @@ def __getattr__(name: str) -> object:
     import importlib
 
     value = getattr(importlib.import_module(module, __name__), name)
+    _publish(__name__, {name: value}, (name,))
     globals()[name] = value
     return value
 
@@ -69,7 +80,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "DEFAULT_RUNTIME_POLICY",
+    "DEFAULT_RECONNECT",
     "DEFAULT_URL",
     "RULES",
     "PolicyBackoff",
@@ -83,3 +94,5 @@ __all__ = [
     "is_transient",
     "runtime_retry",
 ]
+
+_publish(__name__, globals(), __all__)

@@ -31,7 +31,7 @@ import redis.retry
 
 from .._classify import Verdict
 from .._engine import Retrier
-from .._policy import Backoff, capped_exponential
+from .._policy import DEFAULT_RECONNECT, Backoff, capped_exponential
 from . import _rules as _redis_rules
 from ._transport import translating
 
@@ -45,10 +45,6 @@ if TYPE_CHECKING:
     from .._policy import RandomSource
 
     T = TypeVar("T")
-
-#: The runtime policy used when none is given: short first waits (a restart of
-#: a local Redis takes 20-300 ms), capped at 1 s, for at most 10 s per command.
-DEFAULT_RUNTIME_POLICY = Backoff(initial=0.05, multiplier=2.0, maximum=1.0, timeout=10.0)
 
 # Errors outside redis-py's retry list (WRONGTYPE, say) are the application's, not ours.
 _NOT_RETRIED_BY_CLIENT = Verdict(transient=False, rule="redis:not-retried-by-client", report=False)
@@ -71,7 +67,7 @@ class PolicyBackoff(redis.backoff.AbstractBackoff):
     """
 
     def __init__(self, policy: Backoff | None = None, *, rng: RandomSource | None = None) -> None:
-        self.policy = DEFAULT_RUNTIME_POLICY if policy is None else policy
+        self.policy = DEFAULT_RECONNECT if policy is None else policy
         self._rng = rng
         self._previous = self.policy.initial
 
@@ -224,8 +220,9 @@ def _make_core(
     secrets: Sequence[str],
     budget: RetryBudget | Literal["default"] | None,
 ) -> _BridgeCore:
-    runtime = DEFAULT_RUNTIME_POLICY if policy is None else policy
-    return _BridgeCore(runtime, target, hooks, secrets, budget)
+    return _BridgeCore(
+        DEFAULT_RECONNECT if policy is None else policy, target, hooks, secrets, budget
+    )
 
 
 class BridgeRetry(redis.retry.Retry):
@@ -327,7 +324,7 @@ def runtime_retry(
 
     Pass it as ``retry=`` to ``redis.Redis``, ``Redis.from_url``, ``Sentinel``
     clients or ``RedisCluster``. ``policy`` defaults to
-    :data:`DEFAULT_RUNTIME_POLICY` (at most 10 s per command). ``target`` names
+    :data:`~resilient_connect.DEFAULT_RECONNECT` (at most 15 s per command). ``target`` names
     the server in events and logs (a URL is redacted); ``hooks`` as everywhere
     (``None``: log; ``()``: silent); ``secrets`` are extra strings to scrub.
     ``budget``: the :class:`~resilient_connect.RetryBudget` the retries of

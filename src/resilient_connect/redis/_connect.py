@@ -116,7 +116,7 @@ async def _adrop_connections(pool: Any) -> None:
 
 def _with_runtime_retry(
     kwargs: dict[str, Any],
-    runtime_policy: Backoff | None,
+    reconnect: Backoff | None,
     *,
     target: str,
     hooks: Sequence[Hook] | None,
@@ -126,14 +126,12 @@ def _with_runtime_retry(
 ) -> bool:
     """Put the runtime bridge into ``kwargs``; return ``True`` if the caller brought a ``retry``."""
     if "retry" in kwargs:
-        if runtime_policy is not None:
-            msg = "pass either retry= (redis-py's own) or runtime_policy=, not both"
+        if reconnect is not None:
+            msg = "pass either retry= (redis-py's own) or reconnect=, not both"
             raise TypeError(msg)
         return True
     make = aruntime_retry if asyncio else runtime_retry
-    kwargs["retry"] = make(
-        runtime_policy, target=target, hooks=hooks, secrets=secrets, budget=budget
-    )
+    kwargs["retry"] = make(reconnect, target=target, hooks=hooks, secrets=secrets, budget=budget)
     return False
 
 
@@ -157,7 +155,7 @@ class _Startup:
         self,
         target: str,
         kwargs: dict[str, Any],
-        runtime_policy: Backoff | None,
+        reconnect: Backoff | None,
         hooks: Sequence[Hook] | None,
         *,
         aio: bool,
@@ -170,7 +168,7 @@ class _Startup:
         self.secrets = secret_values(kwargs, extra_secrets)
         self.user_retry = _with_runtime_retry(
             kwargs,
-            runtime_policy,
+            reconnect,
             target=target,
             hooks=hooks,
             secrets=self.secrets,
@@ -294,7 +292,7 @@ class _SentinelStartup(_Startup):
         *,
         sentinel_kwargs: Mapping[str, Any] | None,
         kwargs: dict[str, Any],
-        runtime_policy: Backoff | None,
+        reconnect: Backoff | None,
         hooks: Sequence[Hook] | None,
         aio: bool,
         budget: RetryBudget | Literal["default"] | None = "default",
@@ -303,7 +301,7 @@ class _SentinelStartup(_Startup):
         super().__init__(
             target,
             kwargs,
-            runtime_policy,
+            reconnect,
             hooks,
             aio=aio,
             extra_secrets=sentinel_kwargs,
@@ -384,19 +382,37 @@ class _SentinelStartup(_Startup):
         return client
 
 
+def _renamed_reconnect(reconnect: Backoff | None, kwargs: dict[str, Any]) -> Backoff | None:
+    """``reconnect``, or the policy passed under its old name ``runtime_policy`` (which warns)."""
+    if "runtime_policy" not in kwargs:
+        return reconnect
+    old: Backoff | None = kwargs.pop("runtime_policy")
+    if reconnect is not None:
+        msg = "pass reconnect= or its old name runtime_policy=, not both"
+        raise TypeError(msg)
+    import warnings
+
+    warnings.warn(
+        "runtime_policy= is deprecated: pass the same policy as reconnect=",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return old
+
+
 def _startup(
     url: str,
     factory: Callable[..., Any] | None,
     kwargs: dict[str, Any],
-    runtime_policy: Backoff | None,
+    reconnect: Backoff | None,
     hooks: Sequence[Hook] | None,
     *,
     aio: bool,
     budget: RetryBudget | Literal["default"] | None,
 ) -> _UrlStartup | _FactoryStartup:
     if factory is not None:
-        return _FactoryStartup(factory, url, kwargs, runtime_policy, hooks, aio=aio, budget=budget)
-    return _UrlStartup(url, kwargs, runtime_policy, hooks, aio=aio, budget=budget)
+        return _FactoryStartup(factory, url, kwargs, reconnect, hooks, aio=aio, budget=budget)
+    return _UrlStartup(url, kwargs, reconnect, hooks, aio=aio, budget=budget)
 
 
 async def _aclose(client: Any) -> None:
@@ -419,7 +435,7 @@ def connect_with_retry(
     *,
     policy: Backoff | None = ...,
     hooks: Sequence[Hook] | None = ...,
-    runtime_policy: Backoff | None = ...,
+    reconnect: Backoff | None = ...,
     factory: None = ...,
     budget: RetryBudget | Literal["default"] | None = ...,
     **kwargs: Any,
@@ -432,7 +448,7 @@ def connect_with_retry(
     *,
     policy: Backoff | None = ...,
     hooks: Sequence[Hook] | None = ...,
-    runtime_policy: Backoff | None = ...,
+    reconnect: Backoff | None = ...,
     factory: Callable[..., C],
     budget: RetryBudget | Literal["default"] | None = ...,
     **kwargs: Any,
@@ -444,7 +460,7 @@ def connect_with_retry(
     *,
     policy: Backoff | None = None,
     hooks: Sequence[Hook] | None = None,
-    runtime_policy: Backoff | None = None,
+    reconnect: Backoff | None = None,
     factory: Callable[..., Any] | None = None,
     budget: RetryBudget | Literal["default"] | None = "default",
     **kwargs: Any,
@@ -457,9 +473,11 @@ def connect_with_retry(
         policy: how long to wait; ``None`` for ``Backoff()`` (60 s deadline).
         hooks: event callbacks, for the wait and for the runtime bridge;
             ``None`` logs on the ``resilient_connect`` logger, ``()`` is silent.
-        runtime_policy: the policy of the runtime bridge the client carries
-            (``None``: :data:`DEFAULT_RUNTIME_POLICY`). Not allowed together
-            with ``retry=``, which installs redis-py's own ``Retry`` instead.
+        reconnect: the policy of the runtime bridge the client carries
+            (``None``: :data:`~resilient_connect.DEFAULT_RECONNECT`, at most
+            15 s per command). Not allowed together with ``retry=``, which
+            installs redis-py's own ``Retry`` instead. ``runtime_policy=``, its
+            old name, still works and warns (``DeprecationWarning``).
         factory: build the client with ``factory(url, **kwargs)`` instead of
             ``redis.Redis.from_url``, e.g. ``redis.cluster.RedisCluster.from_url``.
             Each attempt calls it with ``retry=Retry(NoBackoff(), 0)`` and bounded
@@ -477,7 +495,8 @@ def connect_with_retry(
         redis.exceptions.RedisError, ValueError: a permanent error (wrong
             password, ACL denial, malformed URL), unchanged, after one attempt.
     """
-    startup = _startup(url, factory, kwargs, runtime_policy, hooks, aio=False, budget=budget)
+    reconnect = _renamed_reconnect(reconnect, kwargs)
+    startup = _startup(url, factory, kwargs, reconnect, hooks, aio=False, budget=budget)
     return startup.retrier(policy, hooks).call(startup.attempt)
 
 
@@ -487,7 +506,7 @@ async def aconnect_with_retry(
     *,
     policy: Backoff | None = ...,
     hooks: Sequence[Hook] | None = ...,
-    runtime_policy: Backoff | None = ...,
+    reconnect: Backoff | None = ...,
     factory: None = ...,
     budget: RetryBudget | Literal["default"] | None = ...,
     **kwargs: Any,
@@ -500,7 +519,7 @@ async def aconnect_with_retry(
     *,
     policy: Backoff | None = ...,
     hooks: Sequence[Hook] | None = ...,
-    runtime_policy: Backoff | None = ...,
+    reconnect: Backoff | None = ...,
     factory: Callable[..., C],
     budget: RetryBudget | Literal["default"] | None = ...,
     **kwargs: Any,
@@ -512,7 +531,7 @@ async def aconnect_with_retry(
     *,
     policy: Backoff | None = None,
     hooks: Sequence[Hook] | None = None,
-    runtime_policy: Backoff | None = None,
+    reconnect: Backoff | None = None,
     factory: Callable[..., Any] | None = None,
     budget: RetryBudget | Literal["default"] | None = "default",
     **kwargs: Any,
@@ -524,7 +543,8 @@ async def aconnect_with_retry(
     (``redis.asyncio.cluster.RedisCluster.from_url``, say); it must not be a
     coroutine function.
     """
-    startup = _startup(url, factory, kwargs, runtime_policy, hooks, aio=True, budget=budget)
+    reconnect = _renamed_reconnect(reconnect, kwargs)
+    startup = _startup(url, factory, kwargs, reconnect, hooks, aio=True, budget=budget)
     return await startup.retrier(policy, hooks).acall(startup.aattempt)
 
 
@@ -534,7 +554,7 @@ def connect_sentinel_with_retry(
     *,
     policy: Backoff | None = None,
     hooks: Sequence[Hook] | None = None,
-    runtime_policy: Backoff | None = None,
+    reconnect: Backoff | None = None,
     sentinel_kwargs: Mapping[str, Any] | None = None,
     budget: RetryBudget | Literal["default"] | None = "default",
     **kwargs: Any,
@@ -555,7 +575,7 @@ def connect_sentinel_with_retry(
         service_name,
         sentinel_kwargs=sentinel_kwargs,
         kwargs=kwargs,
-        runtime_policy=runtime_policy,
+        reconnect=_renamed_reconnect(reconnect, kwargs),
         hooks=hooks,
         aio=False,
         budget=budget,
@@ -570,7 +590,7 @@ async def aconnect_sentinel_with_retry(
     *,
     policy: Backoff | None = None,
     hooks: Sequence[Hook] | None = None,
-    runtime_policy: Backoff | None = None,
+    reconnect: Backoff | None = None,
     sentinel_kwargs: Mapping[str, Any] | None = None,
     budget: RetryBudget | Literal["default"] | None = "default",
     **kwargs: Any,
@@ -581,7 +601,7 @@ async def aconnect_sentinel_with_retry(
         service_name,
         sentinel_kwargs=sentinel_kwargs,
         kwargs=kwargs,
-        runtime_policy=runtime_policy,
+        reconnect=_renamed_reconnect(reconnect, kwargs),
         hooks=hooks,
         aio=True,
         budget=budget,

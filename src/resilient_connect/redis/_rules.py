@@ -13,14 +13,16 @@ times. The rules below split that family by what can change on its own
 (a server starting, loading, failing over) and what cannot (credentials,
 permissions, a malformed URL, a certificate).
 
-Everything here works on exception objects only; redis-py is imported lazily,
-when the first error is classified.
+Everything here works on exception objects only. Importing this module imports
+nothing of redis-py; :func:`classify` imports ``redis.exceptions`` when it first
+judges an error (which redis-py raised, so redis-py is loaded by then anyway).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 from .._classify import Verdict, cost_of, os_error_verdict
-from .._values import value
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
     from .._classify import Cost
 
 
-@value
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Rule:
     """One row of the table.
 

@@ -10,7 +10,8 @@ string or :class:`sqlalchemy.engine.URL`). They add three things:
   ``lazy=True`` skips the wait.
 * **Runtime healing.** Every new connection the pool opens later (after a
   restart or a failover, or when the pool grows) is retried under
-  ``reconnect`` (default :data:`DEFAULT_RECONNECT`, a 15 s deadline), so that
+  ``reconnect`` (default :data:`DEFAULT_RECONNECT`, a 15 s deadline: the
+  runtime default of every adapter), so that
   ``engine.connect()`` during a short outage waits and then succeeds instead
   of failing at once. This uses SQLAlchemy's ``do_connect`` event (or wraps
   your ``creator`` / ``async_creator``); the pool is SQLAlchemy's own.
@@ -29,8 +30,10 @@ SQLite (``sqlite://``, file databases, any ``sqlite+driver``) has no server to
 wait for: these functions then return SQLAlchemy's engine unchanged.
 """
 
+from .._policy import DEFAULT_RECONNECT
+from .._public import publish as _publish
 from ._classify import classify, is_transient
-from ._engines import DEFAULT_RECONNECT, DEFAULT_STARTUP, create_async_engine, create_engine
+from ._engines import DEFAULT_STARTUP, create_async_engine, create_engine
 
 __all__ = [
     "DEFAULT_RECONNECT",
@@ -40,3 +43,5 @@ __all__ = [
     "create_engine",
     "is_transient",
 ]
+
+_publish(__name__, globals(), __all__)

@@ -6,7 +6,7 @@ import sqlalchemy
 
 from .._budget import explicit_budget
 from .._engine import Retrier
-from .._policy import Backoff
+from .._policy import DEFAULT_RECONNECT, Backoff
 from .._redact import secret_values
 from ._classify import classify
 from ._urls import make_url
@@ -27,10 +27,6 @@ if TYPE_CHECKING:
 
 #: Start-up policy when ``retry=None``: the library default (60 s deadline).
 DEFAULT_STARTUP = Backoff()
-#: Reconnect policy when ``reconnect=None``: a restart takes well under a second and a
-#: crash recovery some seconds; short waits (at most 1 s apart) notice the comeback
-#: quickly, and the 15 s deadline keeps a request from hanging much longer than that.
-DEFAULT_RECONNECT = Backoff(initial=0.1, multiplier=2.0, maximum=1.0, timeout=15.0)
 
 _SELECT_ONE: sqlalchemy.Select[Any] = sqlalchemy.select(sqlalchemy.literal_column("1"))
 _PLAIN_DIALECTS = frozenset({"sqlite"})
