@@ -80,13 +80,27 @@ class RetryExhausted(Exception):
         }
 
 
+#: How to get more retries from a budget, said when one ran out.
+BUDGET_ADVICE = (
+    "the retries this process's loops share are spent; "
+    "size it with RetryBudget(capacity=...), or pass budget=None"
+)
+
+
 def gave_up_line(
-    attempts: int, elapsed: float, reason: GiveUpReason, nested: tuple[str, int] | None = None
+    attempts: int,
+    elapsed: float,
+    reason: GiveUpReason,
+    nested: tuple[str, int] | None = None,
+    *,
+    budget_advice: str = BUDGET_ADVICE,
 ) -> str:
     """``gave up after 3 attempts in 2.00s (deadline reached)``: the one place that says it.
 
     Used by :class:`RetryExhausted`, the logging hook, the command line and the
-    note on a re-raised driver error, so they always agree.
+    note on a re-raised driver error, so they always agree. ``budget_advice``
+    says how to get more retries where ``RetryBudget`` is not what the user
+    wrote (the command line's option).
     """
     plural = "attempt" if attempts == 1 else "attempts"
     if reason == "deadline":
@@ -96,10 +110,7 @@ def gave_up_line(
             inner_plural = "attempt" if count == 1 else "attempts"
             why += f" inside the retry loop of {inner} ({count} {inner_plural})"
     elif reason == "budget":
-        why = (
-            "retry budget exhausted: the retries this process's loops share are spent; "
-            "size it with RetryBudget(capacity=...), or pass budget=None"
-        )
+        why = f"retry budget exhausted: {budget_advice}"
     else:
         why = "no attempts left"
     return f"gave up after {attempts} {plural} in {elapsed:.2f}s ({why})"

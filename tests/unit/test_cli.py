@@ -287,6 +287,36 @@ def test_check_takes_its_deadline_from_the_environment() -> None:
     assert (policy.timeout, policy.attempts) == (4, 1)
 
 
+def test_retry_budget_from_the_option_or_the_environment() -> None:
+    """``--retry-budget N`` (or RESILIENT_CONNECT_RETRY_BUDGET) shares N retries between the
+    targets: one token a retry, none back; 'none' and no setting mean no budget."""
+    request = parse(["wait", "tcp://a:1", "tcp://b:2", "--retry-budget", "12"], {})
+    assert request.budget is not None
+    assert (request.budget.capacity, request.budget.retry_cost) == (12, 1)
+    assert request.budget.success_refund == 0
+    assert request.budget.retries_left == 12
+    from_env = parse(["wait", "tcp://a:1"], {_cli.BUDGET_VARIABLE: " 4 "}).budget
+    assert from_env is not None
+    assert from_env.retries_left == 4
+    overridden = parse(["wait", "tcp://a:1", "--retry-budget=none"], {_cli.BUDGET_VARIABLE: "4"})
+    assert overridden.budget is None
+    assert parse(["wait", "tcp://a:1"], {}).budget is None
+    assert parse(["check", "tcp://a:1"], {_cli.BUDGET_VARIABLE: "4"}).budget is None
+
+
+@pytest.mark.parametrize("raw", ["0", "-3", "2.5", "lots", ""])
+def test_retry_budget_rejects_what_is_no_count(raw: str) -> None:
+    """A budget is a whole number of retries >= 1; the error names the option or variable."""
+    with pytest.raises(UsageError, match=r"--retry-budget='.*': expected a whole number"):
+        parse(["wait", "tcp://a:1", "--retry-budget", raw], {})
+    if raw:
+        with pytest.raises(UsageError, match=rf"{_cli.BUDGET_VARIABLE}='.*': expected a whole"):
+            parse(["wait", "tcp://a:1"], {_cli.BUDGET_VARIABLE: raw})
+    if raw == "0":
+        with pytest.raises(UsageError, match="use --attempts 1"):
+            parse(["wait", "tcp://a:1", "--retry-budget", raw], {})
+
+
 def test_key_value_conninfo_is_a_postgres_target_with_its_password_hidden() -> None:
     """A libpq key=value string is accepted as a PostgreSQL target, password masked."""
     target = parse_target(f"host=db dbname=app password={SECRET}")
@@ -476,6 +506,34 @@ def test_wait_tcp_deadline_in_virtual_time(
     code, _ = run(capsys, "wait", f"tcp://127.0.0.1:{refused_port}", "--timeout", "20")
     assert code == 1
     assert 5 < waits.total < 20
+
+
+def test_wait_retry_budget_is_shared_by_the_targets(
+    capsys: pytest.CaptureFixture[str], refused_port: int
+) -> None:
+    """Two refused targets share ``--retry-budget 3``: three retries in all, then both give
+    up (exit 1) with a line that names the option, not the library's RetryBudget."""
+    from resilient_connect import _budget
+
+    with instant_waits() as virtual:
+        _budget.UNLIMITED = False  # instant_waits lifts budgets; this test needs its own
+        code, err = run(
+            capsys,
+            "wait",
+            f"tcp://127.0.0.1:{refused_port}",
+            f"tcp://localhost:{refused_port}",
+            "--retry-budget",
+            "3",
+        )
+    assert code == 1
+    # Three waits before the three retries, and one per target before it found the bucket
+    # empty (a token is taken when the retry is made, after the wait).
+    assert len(virtual.sleeps) == 3 + 2
+    attempts = [int(n) for n in re.findall(r"gave up after (\d+) attempts?", err)]
+    assert len(attempts) == 2
+    assert sum(attempts) == 2 + 3  # each target's first attempt, and the three retries
+    assert err.count("the 3 retries of --retry-budget (or RESILIENT_CONNECT_RETRY_BUDGET)") == 2
+    assert "RetryBudget(capacity" not in err
 
 
 def test_check_tcp_up_and_down(

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
     from typing import NoReturn
 
+    from .._budget import RetryBudget
     from .._events import Event
 
 EXIT_READY = 0
@@ -58,6 +59,8 @@ CHECK_TIMEOUT = 10.0
 #: 4.8 s) with 5 s. One waiting container costs a server about two connection attempts a
 #: second, and a start-up wait ends at its deadline anyway.
 WAIT_MAXIMUM = 1.0
+#: The variable that gives ``wait`` a retry budget when ``--retry-budget`` is not given.
+BUDGET_VARIABLE = "RESILIENT_CONNECT_RETRY_BUDGET"
 _TICK = 0.25
 # Backoff field -> argparse destination of the option that sets it.
 _DEST_FOR_FIELD = {
@@ -141,6 +144,13 @@ def _add_common(parser: argparse.ArgumentParser, *, policy: bool) -> None:
             metavar="KIND",
             help="none, full (default), equal, decorrelated, or a fraction such as 0.2",
         )
+        parser.add_argument(
+            "--retry-budget",
+            default=argparse.SUPPRESS,
+            metavar="N",
+            help="most failed retries of all targets together, or 'none' (default: "
+            f"{BUDGET_VARIABLE}, else none); giving up on it exits 1",
+        )
     output = parser.add_mutually_exclusive_group()
     output.add_argument("-q", "--quiet", action="store_true", help="print failures only")
     output.add_argument(
@@ -179,7 +189,7 @@ def build_parser() -> tuple[_Parser, dict[str, _Parser]]:
 class Request:
     """A parsed, validated command line."""
 
-    __slots__ = ("action", "as_json", "command", "policy", "quiet", "targets")
+    __slots__ = ("action", "as_json", "budget", "command", "policy", "quiet", "targets")
 
     def __init__(
         self,
@@ -190,10 +200,13 @@ class Request:
         *,
         quiet: bool,
         as_json: bool,
+        budget: RetryBudget | None = None,
     ) -> None:
         self.action = action
         self.targets = targets
         self.policy = policy
+        #: Shared by every target's loop (``--retry-budget``), or ``None``.
+        self.budget = budget
         self.command = command
         self.quiet = quiet
         self.as_json = as_json
@@ -238,7 +251,47 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Request:
     except TargetError as exc:
         raise UsageError(f"{sub.prog}: {exc}") from None
     policy = _policy(action, options, environ, sub.prog)
-    return Request(action, targets, policy, command, quiet=options.quiet, as_json=options.json)
+    budget = _budget(action, options, environ, sub.prog)
+    return Request(
+        action,
+        targets,
+        policy,
+        command,
+        quiet=options.quiet,
+        as_json=options.json,
+        budget=budget,
+    )
+
+
+def _budget(
+    action: str, options: argparse.Namespace, environ: Mapping[str, str], prog: str
+) -> RetryBudget | None:
+    """The budget ``--retry-budget`` (or its variable) asks for: N failed retries in all.
+
+    One token per retry and nothing back for a success: the targets of one command line
+    share N retries, whichever target needs them. ``check`` makes no retries.
+    """
+    if hasattr(options, "retry_budget"):
+        raw, source = options.retry_budget, "--retry-budget"
+    else:
+        raw, source = environ.get(BUDGET_VARIABLE, "").strip(), BUDGET_VARIABLE
+        if not raw:
+            return None
+    text = str(raw).strip()
+    if action == "check" or text.lower() in {"none", "null"}:
+        return None
+    try:
+        retries = int(text)
+    except ValueError:
+        retries = -1
+    if retries < 1:
+        msg = f"{prog}: {source}={text!r}: expected a whole number of retries >= 1, or 'none'"
+        if retries == 0:
+            msg += " (for no retries at all, use --attempts 1)"
+        raise UsageError(msg)
+    from .._budget import RetryBudget
+
+    return RetryBudget(capacity=retries, retry_cost=1, success_refund=0, hold=0)
 
 
 def _policy(
@@ -363,11 +416,11 @@ class _Waiter:
 
         start = time.monotonic()
         try:
-            target.wait(self.request.policy, [hook])
+            target.wait(self.request.policy, [hook], self.request.budget)
         except _Stopped:
             return
         except RetryExhausted as exc:
-            text = _gave_up_text(exc, check=self.request.action == "check")
+            text = _gave_up_text(exc, self.request)
             outcome = _Outcome(index, EXIT_GAVE_UP, text, time.monotonic() - start)
         except NotReady as exc:
             outcome = _Outcome(index, EXIT_GAVE_UP, str(exc), time.monotonic() - start)
@@ -381,10 +434,16 @@ class _Waiter:
             self.done.notify_all()
 
 
-def _gave_up_text(exc: RetryExhausted, *, check: bool) -> str:
-    if check:
+def _gave_up_text(exc: RetryExhausted, request: Request) -> str:
+    if request.action == "check":
         return f"not ready: {exc.cause}"
-    line = gave_up_line(exc.attempts, exc.elapsed, exc.reason, exc.nested)
+    if request.budget is None:
+        line = gave_up_line(exc.attempts, exc.elapsed, exc.reason, exc.nested)
+    else:
+        retries = int(request.budget.capacity)
+        noun = "retry" if retries == 1 else "retries"
+        advice = f"the {retries} {noun} of --retry-budget (or {BUDGET_VARIABLE}) are spent"
+        line = gave_up_line(exc.attempts, exc.elapsed, exc.reason, budget_advice=advice)
     return f"{line}; last error: {exc.cause}"
 
 

@@ -34,10 +34,11 @@ if TYPE_CHECKING:
     from typing import TypeAlias
     from urllib.parse import SplitResult
 
+    from .._budget import RetryBudget
     from .._events import Hook
     from .._policy import Backoff
 
-    Probe: TypeAlias = Callable[["Target", Backoff, Sequence[Hook]], None]
+    Probe: TypeAlias = Callable[["Target", Backoff, Sequence[Hook], RetryBudget | None], None]
 
 #: Upper bound on one TCP connect, in seconds (the policy deadline may cut it shorter).
 TCP_ATTEMPT_TIMEOUT = 5.0
@@ -93,9 +94,12 @@ class Target:
         self.label = redact(raw)
         self.probe = probe
 
-    def wait(self, policy: Backoff, hooks: Sequence[Hook]) -> None:
-        """Probe until ready under ``policy``; raise ``RetryExhausted`` or a permanent error."""
-        self.probe(self, policy, hooks)
+    def wait(
+        self, policy: Backoff, hooks: Sequence[Hook], budget: RetryBudget | None = None
+    ) -> None:
+        """Probe until ready under ``policy``, taking retries from ``budget`` (shared by
+        the targets of one command line); raise ``RetryExhausted`` or a permanent error."""
+        self.probe(self, policy, hooks, budget)
 
     def describe(self, exc: BaseException) -> str:
         """One line describing ``exc`` with this target's secrets removed."""
@@ -208,7 +212,9 @@ def _check_redis(url: str, label: str) -> None:
 
 
 # ---------------------------------------------------------------------------- postgresql
-def _probe_postgres(target: Target, policy: Backoff, hooks: Sequence[Hook]) -> None:
+def _probe_postgres(
+    target: Target, policy: Backoff, hooks: Sequence[Hook], budget: RetryBudget | None
+) -> None:
     """Connect through the psycopg adapter (which retries), then run ``SELECT 1``.
 
     The query fails right after a successful connect only if the server goes away in
@@ -217,7 +223,7 @@ def _probe_postgres(target: Target, policy: Backoff, hooks: Sequence[Hook]) -> N
     """
     from ..psycopg import classify, connect_with_retry
 
-    conn = connect_with_retry(target.url, policy=policy, hooks=hooks)
+    conn = connect_with_retry(target.url, policy=policy, hooks=hooks, budget=budget)
     try:
         conn.execute("SELECT 1").fetchone()
     except Exception as exc:
@@ -230,11 +236,13 @@ def _probe_postgres(target: Target, policy: Backoff, hooks: Sequence[Hook]) -> N
 
 
 # ---------------------------------------------------------------------------- redis
-def _probe_redis(target: Target, policy: Backoff, hooks: Sequence[Hook]) -> None:
+def _probe_redis(
+    target: Target, policy: Backoff, hooks: Sequence[Hook], budget: RetryBudget | None
+) -> None:
     """Connect through the redis adapter, which returns after a successful PING."""
     from ..redis import connect_with_retry
 
-    client = connect_with_retry(target.url, policy=policy, hooks=hooks)
+    client = connect_with_retry(target.url, policy=policy, hooks=hooks, budget=budget)
     client.close()
 
 
@@ -256,7 +264,9 @@ def _attempt_timeout(attempt: Attempt, ceiling: float) -> float:
     return share
 
 
-def _probe_tcp(target: Target, policy: Backoff, hooks: Sequence[Hook]) -> None:
+def _probe_tcp(
+    target: Target, policy: Backoff, hooks: Sequence[Hook], budget: RetryBudget | None
+) -> None:
     parts = _split(target.url)
     host, port = parts.hostname, parts.port
     assert host is not None
@@ -267,7 +277,9 @@ def _probe_tcp(target: Target, policy: Backoff, hooks: Sequence[Hook]) -> None:
         with socket.create_connection((host, port), timeout=timeout):
             pass
 
-    Retrier(policy=policy, classify=classify_network, target=target.raw, hooks=hooks).call(attempt)
+    Retrier(
+        policy=policy, classify=classify_network, target=target.raw, hooks=hooks, budget=budget
+    ).call(attempt)
 
 
 # ---------------------------------------------------------------------------- http
@@ -285,7 +297,9 @@ def classify_http(exc: Exception) -> Verdict:
     return classify_network(exc)
 
 
-def _probe_http(target: Target, policy: Backoff, hooks: Sequence[Hook]) -> None:
+def _probe_http(
+    target: Target, policy: Backoff, hooks: Sequence[Hook], budget: RetryBudget | None
+) -> None:
     import http.client
 
     parts = _split(target.url)
@@ -318,7 +332,9 @@ def _probe_http(target: Target, policy: Backoff, hooks: Sequence[Hook]) -> None:
         finally:
             conn.close()
 
-    Retrier(policy=policy, classify=classify_http, target=target.raw, hooks=hooks).call(attempt)
+    Retrier(
+        policy=policy, classify=classify_http, target=target.raw, hooks=hooks, budget=budget
+    ).call(attempt)
 
 
 def _basic_auth(parts: SplitResult) -> str:
