@@ -12,17 +12,7 @@ from hypothesis import strategies as st
 import resilient_connect as rc
 from resilient_connect import _budget
 from resilient_connect.testing import instant_waits
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
+from virtual_time import FakeTime
 
 
 @settings(max_examples=200, deadline=None)
@@ -99,7 +89,7 @@ async def test_tasks_share_one_budget() -> None:
 
 def test_successes_refill_and_time_refills() -> None:
     """A success gives success_refund back; refill_per_second adds tokens with time."""
-    time = FakeTime()
+    time = FakeTime(0.0)
     budget = rc.RetryBudget(
         capacity=10, retry_cost=5, success_refund=1, refill_per_second=2, clock=time.clock
     )
@@ -117,7 +107,7 @@ def test_successes_refill_and_time_refills() -> None:
 
 def test_first_attempts_are_never_blocked() -> None:
     """An empty budget still lets every call try once; the call then gives up as "budget"."""
-    time = FakeTime()
+    time = FakeTime(0.0)
     budget = rc.RetryBudget(capacity=5, retry_cost=5)
     assert budget.spend()
     calls = 0
@@ -211,7 +201,7 @@ async def test_loops_sharing_a_budget_share_what_they_learn() -> None:
 
 def test_a_lone_loop_is_not_held_back_by_its_own_failures() -> None:
     """Only other loops' failures hold a retry back."""
-    time = FakeTime()
+    time = FakeTime(0.0)
     budget = rc.RetryBudget(hold=10.0, clock=time.clock)
     calls = 0
 
@@ -238,7 +228,7 @@ def test_a_lone_loop_is_not_held_back_by_its_own_failures() -> None:
 def test_only_failed_retries_drain_the_bucket() -> None:
     """A retry that succeeds gives its cost back, and a retry made after another loop's
     success with the same target costs nothing."""
-    time = FakeTime()
+    time = FakeTime(0.0)
     budget = rc.RetryBudget(capacity=100, retry_cost=10, success_refund=0, clock=time.clock)
     budget.failed("db", loop=1)
     assert budget.spend()

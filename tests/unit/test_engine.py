@@ -16,24 +16,7 @@ import resilient_connect as rc
 from resilient_connect._classify import Verdict, classifier_for, default_classifier
 from resilient_connect._engine import Attempt, Retrier
 from resilient_connect.testing import instant_waits
-
-
-class FakeTime:
-    """A virtual clock: sleeping advances it; attempts can take virtual time too."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-    async def asleep(self, seconds: float) -> None:
-        self.sleep(seconds)
+from virtual_time import FakeTime
 
 
 class Flaky:

@@ -29,24 +29,7 @@ import resilient_connect as rc
 import resilient_connect.opentelemetry as rc_otel
 import resilient_connect.prometheus as rc_prometheus
 import resilient_connect.structlog as rc_structlog
-
-
-class FakeTime:
-    """A virtual clock; sleeping advances it."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-    async def asleep(self, seconds: float) -> None:
-        self.now += seconds
-        await asyncio.sleep(0)
-
+from virtual_time import FakeTime
 
 POLICY = rc.Backoff(initial=0.5, multiplier=2, maximum=10, jitter="none", attempts=3, timeout=None)
 TARGET = "postgresql://app:hunter2@db:5432/app"
@@ -133,7 +116,7 @@ RULE = "on=(ConnectionError)"
 
 def test_otel_metric_names_units_and_attributes(otel: Otel) -> None:
     """Recovery, first-time success and give-up: attempts by outcome, durations, backoff."""
-    time = FakeTime()
+    time = FakeTime(100.0, yields=True)
     run = scenario(time, [otel.hook()], [refused()], cost=0.25)
     assert run() == "ok"  # retry, success
     assert run() == "ok"  # first-time success
@@ -166,7 +149,7 @@ def test_otel_metric_names_units_and_attributes(otel: Otel) -> None:
 
 def test_otel_without_successes_counts_only_recoveries(otel: Otel) -> None:
     """successes=False: first-time successes are not sent to the hook, recoveries still are."""
-    time = FakeTime()
+    time = FakeTime(100.0, yields=True)
     hook = otel.hook(successes=False)
     assert hook.wants_successes is False
     run = scenario(time, [hook], [refused()], cost=0.0)
@@ -179,7 +162,7 @@ def test_otel_without_successes_counts_only_recoveries(otel: Otel) -> None:
 def test_otel_one_span_per_retrying_call_with_an_event_per_attempt(otel: Otel) -> None:
     """A recovered call: one span, back-dated to its start, three attempt events, status unset;
     a first-time success makes no span."""
-    time = FakeTime()
+    time = FakeTime(100.0, yields=True)
     run = scenario(time, [otel.hook()], [refused(), refused()], cost=0.25)
     tracer = otel.tracers.get_tracer("test")
     with tracer.start_as_current_span("request") as parent:
@@ -216,7 +199,7 @@ def test_otel_one_span_per_retrying_call_with_an_event_per_attempt(otel: Otel) -
 
 def test_otel_span_status_is_error_on_give_up_and_permanent_error(otel: Otel) -> None:
     """Giving up and a permanent error set the span's status to ERROR with the reason."""
-    time = FakeTime()
+    time = FakeTime(100.0, yields=True)
     run = scenario(time, [otel.hook()], [], cost=0.0)
     with pytest.raises(rc.RetryExhausted):
         run([refused()] * 3)
@@ -288,7 +271,7 @@ def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | Non
 def test_prometheus_names_and_labels_as_exported() -> None:
     """The scrape shows _total and _seconds names with outcome/rule/target labels only."""
     registry = CollectorRegistry()
-    time = FakeTime()
+    time = FakeTime(100.0, yields=True)
     run = scenario(time, [rc_prometheus.hook(registry=registry)], [refused()], cost=0.25)
     run()
     run()
@@ -352,7 +335,7 @@ def test_prometheus_default_registry() -> None:
 
 def test_structlog_lines_carry_the_default_hooks_keys() -> None:
     """Retry, recovery and give-up lines: levels, messages and keys as the stdlib hook's."""
-    time = FakeTime()
+    time = FakeTime(100.0, yields=True)
     with capture_logs() as logs:
         run = scenario(time, [rc_structlog.hook()], [refused()], cost=0.25)
         run()
@@ -394,7 +377,7 @@ def test_structlog_lines_carry_the_default_hooks_keys() -> None:
 
 def test_structlog_permanent_error_and_given_logger() -> None:
     """A permanent error logs at error through the logger given, with its bound context."""
-    time = FakeTime()
+    time = FakeTime(100.0, yields=True)
     logger = structlog.get_logger("app").bind(service="api")
     with capture_logs() as logs:
         run = scenario(time, [rc_structlog.hook(logger=logger)], [KeyError("k")], cost=0.0)
@@ -440,7 +423,7 @@ def test_all_three_as_default_hooks_together() -> None:
             rc_prometheus.hook(registry=registry),
             rc_structlog.hook(),
         )
-        time = FakeTime()
+        time = FakeTime(100.0, yields=True)
         pending = [refused()]
 
         @rc.retry(on=ConnectionError, clock=time.clock, sleep=time.sleep, target="cache")

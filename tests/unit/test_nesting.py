@@ -11,26 +11,9 @@ import resilient_connect as rc
 from resilient_connect._bounded import call_within
 from resilient_connect._classify import Verdict
 from resilient_connect._engine import Attempt, Retrier
+from virtual_time import FakeTime
 
 TRANSIENT = Verdict(transient=True, rule="test:transient")
-
-
-class FakeTime:
-    """A virtual clock shared by the loops of one test: sleeping advances it."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-    async def asleep(self, seconds: float) -> None:
-        self.sleep(seconds)
 
 
 def inner_retrier(time: FakeTime, events: list[rc.Event], **options: Any) -> Retrier:

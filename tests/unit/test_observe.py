@@ -15,24 +15,7 @@ import resilient_connect as rc
 from resilient_connect._classify import classifier_for
 from resilient_connect._engine import Retrier
 from resilient_connect.testing import instant_waits
-
-
-class FakeTime:
-    """A virtual clock: sleeping advances it; attempts take ``cost`` virtual seconds."""
-
-    def __init__(self) -> None:
-        self.now = 500.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-    async def asleep(self, seconds: float) -> None:
-        self.sleep(seconds)
+from virtual_time import FakeTime
 
 
 class Recorder:
@@ -111,7 +94,7 @@ def test_default_hooks_start_as_the_logging_hook() -> None:
 @modes
 def test_defaults_set_after_decoration_apply(mode: str) -> None:
     """A decorator built before set_default_hooks() reports to the hooks set later."""
-    time = FakeTime()
+    time = FakeTime(500.0)
     run, _ = decorate(time, Flaky(time, [ConnectionError("a")]), mode)
     recorder = Recorder()
     rc.set_default_hooks(recorder)
@@ -122,7 +105,7 @@ def test_defaults_set_after_decoration_apply(mode: str) -> None:
 @modes
 def test_per_call_hooks_replace_the_defaults(mode: str) -> None:
     """hooks=[h] sends events to h only; the process-wide hooks see nothing."""
-    time = FakeTime()
+    time = FakeTime(500.0)
     mine, defaults = Recorder(), Recorder()
     rc.set_default_hooks(defaults)
     run, _ = decorate(time, Flaky(time, [ConnectionError("a")]), mode, hooks=[mine])
@@ -133,7 +116,7 @@ def test_per_call_hooks_replace_the_defaults(mode: str) -> None:
 
 def test_empty_hooks_silence_and_no_argument_silences_defaults() -> None:
     """hooks=() silences one loop; set_default_hooks() silences every hooks=None loop."""
-    time = FakeTime()
+    time = FakeTime(500.0)
     defaults = Recorder()
     rc.set_default_hooks(defaults)
     silent, _ = decorate(time, Flaky(time, [ConnectionError("a")]), "sync", hooks=())
@@ -150,7 +133,7 @@ def test_connect_helper_uses_the_defaults() -> None:
     """connect_with_retry(hooks=None) reports to the process-wide hooks too."""
     recorder = Recorder()
     rc.set_default_hooks(recorder)
-    time = FakeTime()
+    time = FakeTime(500.0)
     flaky = Flaky(time, [ConnectionRefusedError("refused")])
     with instant_waits():
         assert rc.connect_with_retry(flaky, policy=FIXED) == "ok"
@@ -172,7 +155,7 @@ def test_set_default_hooks_rejects_what_is_not_callable() -> None:
 @modes
 def test_first_time_success_reaches_only_hooks_that_ask(mode: str) -> None:
     """A call that succeeds at once sends Succeeded to wants_successes hooks, nothing to others."""
-    time = FakeTime()
+    time = FakeTime(500.0)
     eager, plain = Recorder(successes=True), Recorder()
     run, _ = decorate(time, Flaky(time, [], cost=0.25), mode, hooks=[eager, plain])
     assert run() == "ok"
@@ -187,7 +170,7 @@ def test_first_time_success_reaches_only_hooks_that_ask(mode: str) -> None:
 
 def test_default_success_hooks_get_first_time_successes() -> None:
     """A wants_successes hook installed as a default also sees first-time successes."""
-    time = FakeTime()
+    time = FakeTime(500.0)
     run, _ = decorate(time, Flaky(time, []), "sync")
     eager = Recorder(successes=True)
     rc.set_default_hooks(eager)
@@ -225,7 +208,7 @@ async def test_async_connect_helper_reports_first_time_success() -> None:
 @modes
 def test_every_attempt_ends_in_exactly_one_event(mode: str) -> None:
     """Two failures then success: one event per attempt, each with that attempt's duration."""
-    time = FakeTime()
+    time = FakeTime(500.0)
     recorder = Recorder(successes=True)
     flaky = Flaky(time, [ConnectionError("a"), ConnectionError("b")], cost=0.5)
     run, _ = decorate(time, flaky, mode, hooks=[recorder])
@@ -241,7 +224,7 @@ def test_every_attempt_ends_in_exactly_one_event(mode: str) -> None:
 
 def test_give_up_and_permanent_events_carry_duration_and_call() -> None:
     """GaveUp and NotRetried have the failed attempt's duration and the call's identity."""
-    time = FakeTime()
+    time = FakeTime(500.0)
     recorder = Recorder()
     policy = rc.Backoff(initial=1, jitter="none", attempts=2, timeout=None)
     flaky = Flaky(time, [ConnectionError("a"), ConnectionError("b")], cost=0.125)
@@ -266,7 +249,7 @@ def test_calls_are_distinct_picklable_and_weakly_referenced() -> None:
     """Each retrying call has its own Call; events with it pickle; a dropped call is freed."""
     import weakref
 
-    time = FakeTime()
+    time = FakeTime(500.0)
     recorder = Recorder()
     flaky = Flaky(time, [ConnectionError("a")])
     run, _ = decorate(time, flaky, "sync", hooks=[recorder])
@@ -294,7 +277,7 @@ def test_calls_are_distinct_picklable_and_weakly_referenced() -> None:
 @modes
 def test_statistics_count_calls_attempts_retries_and_waits(mode: str) -> None:
     """fn.statistics adds up successes, retries, give-ups, permanent errors and waiting."""
-    time = FakeTime()
+    time = FakeTime(500.0)
     flaky = Flaky(time, [ConnectionError("a"), ConnectionError("b")])
     run, fn = decorate(time, flaky, mode, hooks=())
     assert run() == "ok"  # 3 attempts, waits of 1 s and 2 s
@@ -315,7 +298,7 @@ def test_statistics_count_calls_attempts_retries_and_waits(mode: str) -> None:
 
 def test_statistics_snapshot_is_detached_and_reset_zeroes() -> None:
     """snapshot() keeps its numbers while the original changes; reset() zeroes everything."""
-    time = FakeTime()
+    time = FakeTime(500.0)
     run, fn = decorate(time, Flaky(time, [ConnectionError("a")]), "sync", hooks=())
     run()
     snapshot = fn.statistics.snapshot()
@@ -406,7 +389,7 @@ def test_collect_statistics_around_connect_helpers() -> None:
     def factory() -> str:
         return "conn"
 
-    time = FakeTime()
+    time = FakeTime(500.0)
     flaky = Flaky(time, [ConnectionRefusedError("r")] * 2)
     with instant_waits() as waits, rc.collect_statistics() as stats:
         rc.connect_with_retry(flaky, hooks=())
@@ -419,7 +402,7 @@ def test_collect_statistics_around_connect_helpers() -> None:
 
 def test_collect_statistics_nests_and_sees_decorated_calls() -> None:
     """Blocks nest (inner calls count outside too); decorated first-time successes count."""
-    time = FakeTime()
+    time = FakeTime(500.0)
     run, fn = decorate(time, Flaky(time, []), "sync", hooks=())
     with rc.collect_statistics() as outer:
         run()

@@ -16,21 +16,7 @@ from resilient_connect import Backoff
 from resilient_connect._classify import Verdict, classifier_for, cost_of, os_error_verdict
 from resilient_connect._engine import Retrier
 from resilient_connect._policy import PROBE_SPREAD, SERVER_PAUSE, SERVER_SPREAD
-
-
-class FakeTime:
-    """A virtual clock; sleeping advances it and is recorded."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
+from virtual_time import FakeTime
 
 
 def _raised_while_refused(wrapper: type[Exception]) -> Exception:
@@ -248,7 +234,7 @@ def test_every_paced_delay_is_within_zero_and_cap(
 
 
 def _run(errors: list[Exception], policy: Backoff) -> FakeTime:
-    time = FakeTime()
+    time = FakeTime(0.0)
     pending = list(errors)
 
     @rc.retry(on=OSError, policy=policy, hooks=(), clock=time.clock, sleep=time.sleep)
@@ -271,7 +257,7 @@ def test_engine_passes_the_verdict_cost_to_the_policy() -> None:
 
 def test_engine_server_answers_are_paced() -> None:
     """A classifier that says 'server' gets waits of at least a second."""
-    time = FakeTime()
+    time = FakeTime(0.0)
     verdict = Verdict(transient=True, rule="test:busy", cost="server")
     retrier = Retrier(
         policy=Backoff(jitter="none"),
