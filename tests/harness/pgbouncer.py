@@ -30,6 +30,7 @@ from urllib.parse import quote
 from .ports import (
     POLL_INTERVAL,
     HarnessError,
+    Listening,
     check_loopback,
     free_port,
     kill_process_group,
@@ -91,7 +92,7 @@ def _userlist_quote(value: str) -> str:
     return '"' + value.replace('"', '""') + '"'
 
 
-class PgBouncer:
+class PgBouncer(Listening):
     """One pgbouncer on 127.0.0.1 forwarding to ``upstream``.
 
     Args:
@@ -151,18 +152,6 @@ class PgBouncer:
         self._proc: subprocess.Popen[bytes] | None = None
 
     # ------------------------------------------------------------------ addresses
-    @property
-    def host(self) -> str:
-        return self._host
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return (self._host, self._port)
-
     @property
     def user(self) -> str:
         return self.upstream.user

@@ -41,6 +41,29 @@ __all__ = [
 POLL_INTERVAL = 0.005
 
 
+class Listening:
+    """``host``, ``port`` and ``address`` of a loopback service (``_host`` and ``_port``
+    are set by the subclass; the port stays the same across restarts)."""
+
+    _host: str
+    _port: int
+
+    @property
+    def host(self) -> str:
+        """The loopback address it listens on."""
+        return self._host
+
+    @property
+    def port(self) -> int:
+        """The TCP port; stable across restarts once it has started."""
+        return self._port
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """``(host, port)``, e.g. as a FaultProxy upstream."""
+        return (self._host, self._port)
+
+
 class HarnessError(RuntimeError):
     """A test server or proxy could not be set up; the message says what to fix."""
 

@@ -36,6 +36,7 @@ from urllib.parse import quote
 from .ports import (
     POLL_INTERVAL,
     HarnessError,
+    Listening,
     check_loopback,
     free_port,
     kill_process_group,
@@ -260,7 +261,7 @@ def _initdb(bindir: Path, run_as: _RunAs, base: Path, datadir: Path, su_password
         conf.write("include_if_exists = 'harness.conf'\n")
 
 
-class PostgresServer:
+class PostgresServer(Listening):
     """One PostgreSQL cluster on 127.0.0.1 with an app role and database, for one test or more.
 
     ``start()`` initialises the cluster on first use (a copy of the cached template, or a real
@@ -319,21 +320,6 @@ class PostgresServer:
         self._ever_started = False
 
     # ------------------------------------------------------------------ addresses and DSNs
-    @property
-    def host(self) -> str:
-        """The loopback address the server listens on (``127.0.0.1`` unless chosen)."""
-        return self._host
-
-    @property
-    def port(self) -> int:
-        """The TCP port; stable across restarts once the server has started."""
-        return self._port
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """``(host, port)``, e.g. as a FaultProxy upstream."""
-        return (self._host, self._port)
-
     @property
     def user(self) -> str:
         return self._user

@@ -31,7 +31,7 @@ from typing import Literal, TypeVar, cast
 
 from typing_extensions import Self
 
-from .ports import HarnessError, check_loopback
+from .ports import HarnessError, Listening, check_loopback
 
 __all__ = ["FaultProxy", "pg_fatal_response", "resp_error"]
 
@@ -105,7 +105,7 @@ class _Conn:
     closed: bool = False
 
 
-class FaultProxy:
+class FaultProxy(Listening):
     """TCP proxy from ``(host, port)`` to *upstream* with switchable faults.
 
     Modes (each method returns once the loop applied it):
@@ -175,19 +175,6 @@ class FaultProxy:
         self._thread.start()
 
     # ------------------------------------------------------------------ public API
-    @property
-    def host(self) -> str:
-        return self._host
-
-    @property
-    def port(self) -> int:
-        """The listening port; stable for the proxy's lifetime (across refuse/re-open)."""
-        return self._port
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return (self._host, self._port)
-
     @property
     def upstream(self) -> tuple[str, int]:
         return self._upstream

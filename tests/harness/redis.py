@@ -46,6 +46,7 @@ from typing_extensions import Self
 from .ports import (
     POLL_INTERVAL,
     HarnessError,
+    Listening,
     check_loopback,
     free_port,
     remove_scratch_dir,
@@ -174,7 +175,7 @@ def _pairs(reply: RespValue) -> dict[str, str]:
     return dict(zip(fields[::2], fields[1::2], strict=True))
 
 
-class _RedisProcess:
+class _RedisProcess(Listening):
     """Process and directory handling shared by servers and sentinels."""
 
     _kind = "redis"
@@ -188,19 +189,6 @@ class _RedisProcess:
         self._proc: subprocess.Popen[bytes] | None = None
         self._ever_started = False
         self._cleaned = False
-
-    @property
-    def host(self) -> str:
-        return self._host
-
-    @property
-    def port(self) -> int:
-        """The TCP port; stable across restarts once the server has started."""
-        return self._port
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return (self._host, self._port)
 
     @property
     def dir(self) -> Path:
