@@ -21,7 +21,6 @@ import shutil
 import signal
 import subprocess
 import time
-import types
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -30,7 +29,7 @@ from urllib.parse import quote
 from .ports import (
     POLL_INTERVAL,
     HarnessError,
-    Listening,
+    Service,
     check_loopback,
     free_port,
     kill_process_group,
@@ -92,7 +91,7 @@ def _userlist_quote(value: str) -> str:
     return '"' + value.replace('"', '""') + '"'
 
 
-class PgBouncer(Listening):
+class PgBouncer(Service):
     """One pgbouncer on 127.0.0.1 forwarding to ``upstream``.
 
     Args:
@@ -331,18 +330,6 @@ class PgBouncer(Listening):
         if self._base is not None:
             remove_scratch_dir(self._base)
             self._base = None
-
-    def __enter__(self) -> PgBouncer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: types.TracebackType | None,
-    ) -> None:
-        self.cleanup()
 
     # ------------------------------------------------------------------ admin console
     def admin(self, command: str) -> list[tuple[Any, ...]]:

@@ -18,7 +18,10 @@ import sys
 import tempfile
 import threading
 import time
+import types
 from pathlib import Path
+
+from typing_extensions import Self
 
 __all__ = [
     "HarnessError",
@@ -62,6 +65,28 @@ class Listening:
     def address(self) -> tuple[str, int]:
         """``(host, port)``, e.g. as a FaultProxy upstream."""
         return (self._host, self._port)
+
+
+class Service(Listening):
+    """A server process run by the harness: ``with`` starts it and cleans it up."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def cleanup(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
+        self.cleanup()
 
 
 class HarnessError(RuntimeError):

@@ -26,7 +26,6 @@ import signal
 import subprocess
 import threading
 import time
-import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ from urllib.parse import quote
 from .ports import (
     POLL_INTERVAL,
     HarnessError,
-    Listening,
+    Service,
     check_loopback,
     free_port,
     kill_process_group,
@@ -261,7 +260,7 @@ def _initdb(bindir: Path, run_as: _RunAs, base: Path, datadir: Path, su_password
         conf.write("include_if_exists = 'harness.conf'\n")
 
 
-class PostgresServer(Listening):
+class PostgresServer(Service):
     """One PostgreSQL cluster on 127.0.0.1 with an app role and database, for one test or more.
 
     ``start()`` initialises the cluster on first use (a copy of the cached template, or a real
@@ -685,18 +684,6 @@ class PostgresServer(Listening):
             remove_scratch_dir(self._base)
             self._base = None
             self._datadir = None
-
-    def __enter__(self) -> PostgresServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: types.TracebackType | None,
-    ) -> None:
-        self.cleanup()
 
     # ------------------------------------------------------------------ SQL helpers
     def execute_as_superuser(

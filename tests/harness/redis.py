@@ -35,18 +35,15 @@ import signal
 import socket
 import subprocess
 import time
-import types
 from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import quote
 
-from typing_extensions import Self
-
 from .ports import (
     POLL_INTERVAL,
     HarnessError,
-    Listening,
+    Service,
     check_loopback,
     free_port,
     remove_scratch_dir,
@@ -175,7 +172,7 @@ def _pairs(reply: RespValue) -> dict[str, str]:
     return dict(zip(fields[::2], fields[1::2], strict=True))
 
 
-class _RedisProcess(Listening):
+class _RedisProcess(Service):
     """Process and directory handling shared by servers and sentinels."""
 
     _kind = "redis"
@@ -340,18 +337,6 @@ class _RedisProcess(Listening):
         if not self._cleaned:
             remove_scratch_dir(self._dir)
             self._cleaned = True
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: types.TracebackType | None,
-    ) -> None:
-        self.cleanup()
 
     def __repr__(self) -> str:
         state = "running" if self.is_running() else "stopped"

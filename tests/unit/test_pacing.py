@@ -16,6 +16,7 @@ from resilient_connect import Backoff
 from resilient_connect._classify import Verdict, classifier_for, cost_of, os_error_verdict
 from resilient_connect._engine import Retrier
 from resilient_connect._policy import PROBE_SPREAD, SERVER_PAUSE, SERVER_SPREAD
+from strategies import policies
 from virtual_time import FakeTime
 
 
@@ -194,21 +195,6 @@ def test_probe_from_env() -> None:
     assert Backoff.from_env(environ={"RESILIENT_CONNECT_PROBE": "none"}).probe is None
     with pytest.raises(ValueError, match="RESILIENT_CONNECT_PROBE='soon': expected a number"):
         Backoff.from_env(environ={"RESILIENT_CONNECT_PROBE": "soon"})
-
-
-jitters = st.one_of(
-    st.sampled_from(["none", "full", "equal", "decorrelated"]),
-    st.floats(min_value=0, max_value=1),
-)
-policies = st.builds(
-    Backoff,
-    initial=st.floats(min_value=0.001, max_value=100),
-    multiplier=st.floats(min_value=1, max_value=1000),
-    maximum=st.floats(min_value=0, max_value=1e6, exclude_min=True),
-    attempts=st.one_of(st.none(), st.integers(min_value=1, max_value=60)),
-    jitter=jitters,
-    probe=st.one_of(st.none(), st.floats(min_value=1e-6, max_value=1e3)),
-)
 
 
 @settings(max_examples=300, deadline=None)

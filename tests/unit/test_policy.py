@@ -22,6 +22,7 @@ from resilient_connect._policy import (
     full_jitter,
     proportional_jitter,
 )
+from strategies import policies
 
 
 class Fixed:
@@ -265,20 +266,6 @@ def test_jitter_survives_the_cap(jitter: str | float) -> None:
     assert max(late) <= 5.0
     assert sum(1 for d in late if d == 5.0) < len(late) / 20
     assert len({round(d, 3) for d in late}) > len(late) * 0.8
-
-
-jitters = st.one_of(
-    st.sampled_from(["none", "full", "equal", "decorrelated"]),
-    st.floats(min_value=0, max_value=1),
-)
-policies = st.builds(
-    Backoff,
-    initial=st.floats(min_value=0.001, max_value=100),
-    multiplier=st.floats(min_value=1, max_value=1000),
-    maximum=st.floats(min_value=0, max_value=1e6, exclude_min=True),
-    attempts=st.one_of(st.none(), st.integers(min_value=1, max_value=60)),
-    jitter=jitters,
-)
 
 
 @settings(deadline=None)  # timing on a shared machine is not what these pin
