@@ -139,7 +139,10 @@ def test_asyncpg_errors_as_sqlalchemy_wraps_them() -> None:
         (asyncpg.exceptions.TooManyConnectionsError("sorry, too many clients already"), True),
         (asyncpg.exceptions.InvalidPasswordError("password authentication failed"), False),
     ]:
+        # SQLAlchemy 2.1 keeps the asyncpg error as .orig, 2.0 (still what pip picks on
+        # Python 3.10) only as __cause__ (``raise ... from error``): give it both ways.
         adapted = AsyncAdapt_asyncpg_dbapi.Error(f"{type(inner)}: {inner}", inner)
+        adapted.__cause__ = inner
         wrapped = sqlalchemy.exc.DBAPIError(None, None, adapted)
         assert sa_classify(wrapped).transient is transient, inner
 
