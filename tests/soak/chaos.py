@@ -146,13 +146,18 @@ class _Board:
         self.in_flight: dict[str, tuple[float, float]] = {}  # worker -> (start, bound)
         self.reported: set[tuple[str, float]] = set()
         self.stop = threading.Event()
+        self.started = time.monotonic()
+        #: (time, fault) of every fault applied, for saying when a late operation ran.
+        self.applied: list[tuple[float, str]] = []
 
     def begin(self, worker: str, bound: float) -> float:
         start = time.monotonic()
         self.in_flight[worker] = (start, bound)
         return start
 
-    def end(self, worker: str, kind: str, start: float, bound: float, error: Exception | None):
+    def end(
+        self, worker: str, kind: str, start: float, bound: float, error: Exception | None
+    ) -> None:
         now = time.monotonic()
         self.in_flight.pop(worker, None)
         with self.lock:
@@ -161,6 +166,7 @@ class _Board:
                 self.result.late.append(
                     f"{worker}: {kind} took {now - start:.2f} s (bound {bound:g} s)"
                     + (f", ended with {type(error).__name__}" if error else "")
+                    + self._when(start)
                 )
             if error is None:
                 self.successes.setdefault(worker, []).append(now)
@@ -171,6 +177,18 @@ class _Board:
             else:
                 self.result.errors[f"{kind}: {verdict}"] += 1
 
+    def _when(self, start: float) -> str:
+        """When an operation started, and the last fault applied before it ended."""
+        text = f", started at +{start - self.started:.1f} s (load {os.getloadavg()[0]:.1f})"
+        index = bisect.bisect_left(self.applied, (start + 0.001, ""))
+        if index:
+            at, fault = self.applied[index - 1]
+            text += f", {start - at:.1f} s after {fault} began"
+        if index < len(self.applied):
+            at, fault = self.applied[index]
+            text += f"; {fault} began {at - start:.1f} s into it"
+        return text
+
     def watch(self) -> None:
         """Record operations running past their bound (called periodically)."""
         now = time.monotonic()
@@ -178,7 +196,9 @@ class _Board:
             if now - start > bound + HANG_SLACK + 5 and (worker, start) not in self.reported:
                 self.reported.add((worker, start))
                 with self.lock:
-                    self.result.hangs.append(f"{worker}: still running after {now - start:.1f} s")
+                    self.result.hangs.append(
+                        f"{worker}: still running after {now - start:.1f} s" + self._when(start)
+                    )
 
 
 def _describe(error: BaseException) -> str:
@@ -334,7 +354,9 @@ class _Chaos:
         pg_proxy: FaultProxy,
         redis_proxy: FaultProxy,
         rng: random.Random,
+        applied: list[tuple[float, str]],
     ) -> None:
+        self.applied = applied
         self.postgres = postgres
         self.redis = redis_server
         self.proxies = {"pg": pg_proxy, "redis": redis_proxy}
@@ -342,6 +364,7 @@ class _Chaos:
         self.cleared: list[tuple[float, str]] = []
 
     def apply(self, fault: str, wait: Callable[[float], object]) -> None:
+        self.applied.append((time.monotonic(), fault))
         server, _, action = fault.partition("-")
         proxy = self.proxies[server]
         duration = self.rng.uniform(0.5, 3.0)
@@ -463,7 +486,7 @@ def run_soak(
                 loop_errors.append(exc)
 
         loop_thread = threading.Thread(target=event_loop, name="soak-asyncio")
-        chaos = _Chaos(postgres, redis_server, pg_proxy, redis_proxy, rng)
+        chaos = _Chaos(postgres, redis_server, pg_proxy, redis_proxy, rng, board.applied)
 
         def wait(duration: float) -> None:
             end = time.monotonic() + duration
