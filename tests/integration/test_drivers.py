@@ -20,10 +20,17 @@ from typing import Any
 import psycopg
 import pytest
 
-from harness import PostgresServer
+from harness import FaultProxy, PostgresServer
 from harness.api import Api, PsycopgApi, SqlalchemyApi, open_api
 from harness.pgbouncer import PgBouncer
-from resilient_connect import Backoff, Event, NotRetried, Recovered, RetryExhausted
+from resilient_connect import (
+    Backoff,
+    Event,
+    NotRetried,
+    Recovered,
+    RetryExhausted,
+    RetryScheduled,
+)
 from resilient_connect import psycopg as rc_psycopg
 
 pytestmark = pytest.mark.integration
@@ -232,6 +239,46 @@ def test_too_many_connections(driver: str, make_postgres: Callable[..., Postgres
     finally:
         release()
     assert "pg:too-many-connections" in tally.rules()
+
+
+@drivers
+def test_give_up_names_the_cause_behind_a_last_attempt_cut_at_the_deadline(
+    driver: str,
+    make_postgres: Callable[..., PostgresServer],
+    fault_proxy: Callable[..., FaultProxy],
+) -> None:
+    """Every slot is taken (53300), then the server stops answering, so the last attempt
+    is cut off at the deadline: the message still names the 53300 answer, not only the
+    timeout of the attempt that was cut."""
+    server = make_postgres(extra_conf={"max_connections": 4, "superuser_reserved_connections": 1})
+    held = [psycopg.connect(server.conninfo) for _ in range(3)]
+    proxy = fault_proxy(server.address)
+    target = Target(server.url_for(port=proxy.port), server.conninfo_for(port=proxy.port))
+
+    @dataclass
+    class Blackholing(Tally):
+        """After the first failure, the proxy swallows every new connection."""
+
+        def __call__(self, event: Event) -> None:
+            super().__call__(event)
+            if isinstance(event, RetryScheduled):
+                proxy.blackhole()
+
+    tally = Blackholing()
+    try:
+        with pytest.raises(RetryExhausted) as caught:
+            _connect(driver, target, Backoff(timeout=2.0), tally)
+    finally:
+        for conn in held:
+            conn.close()
+    assert caught.value.reason == "deadline"
+    assert caught.value.attempts >= 2
+    assert "pg:too-many-connections" in tally.rules()
+    message = str(caught.value)
+    assert "earlier attempts:" in message, message
+    earlier = message.split("earlier attempts:", 1)[1]
+    # PostgreSQL 15's two texts for 53300: all slots, or only the reserved ones, are left.
+    assert "too many clients" in earlier or "connection slots are reserved" in earlier, message
 
 
 @drivers

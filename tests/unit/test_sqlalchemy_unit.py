@@ -332,6 +332,21 @@ def test_attempt_timeout_uses_the_drivers_error() -> None:
     assert isinstance(attempt_timeout(None, 1.5), TimeoutError)
 
 
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2", "asyncpg"])
+def test_a_cut_attempt_is_judged_a_timeout_for_every_postgresql_driver(driver: str) -> None:
+    """The error made for an attempt cut at the deadline is ``pg:timeout`` with every
+    PostgreSQL driver (asyncpg's is an emulated DBAPI error with no driver error inside),
+    so a give-up names what earlier attempts reported too."""
+    pytest.importorskip(driver)
+    engine = sqlalchemy.create_engine(f"postgresql+{driver}://u:p@127.0.0.1:1/d")
+    error = attempt_timeout(engine.dialect, 1.5)
+    engine.dispose()
+    assert "cut short after 1.50s" in str(error)
+    verdict = classify(error)
+    assert verdict.transient
+    assert verdict.rule == "pg:timeout"
+
+
 def test_float_timeout_drivers_get_the_exact_time_left() -> None:
     """asyncpg-style ``timeout`` parameters get the bound as a float, not whole seconds."""
     healer = _healer_for("postgresql+psycopg://u:p@127.0.0.1:1/d")

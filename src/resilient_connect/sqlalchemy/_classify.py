@@ -77,7 +77,7 @@ def _classify_driver_error(exc: BaseException) -> Verdict:  # noqa: PLR0911 - on
     wrapped = _wrapped_driver_error(exc)
     if wrapped is not None:
         return _classify_driver_error(wrapped)
-    if package in _POSTGRES_DRIVERS or _sqlstate(exc) is not None:
+    if package in _POSTGRES_DRIVERS or _sqlstate(exc) is not None or _postgres_dialect(exc):
         return _classify_postgres(exc)
     network = os_error_verdict(exc)  # TimeoutError and ConnectionError included
     if network is not None:
@@ -112,6 +112,13 @@ def _wrapped_driver_error(exc: BaseException) -> BaseException | None:
     if isinstance(inner, Exception) and inner is not exc:
         return inner
     return None
+
+
+def _postgres_dialect(exc: BaseException) -> bool:
+    """Whether ``exc`` is an emulated DBAPI error of a PostgreSQL dialect with no driver
+    error inside: one made up from a message alone (ours, for an attempt cut at the
+    deadline, say). The PostgreSQL rules judge its text."""
+    return type(exc).__module__.startswith("sqlalchemy.dialects.postgresql.")
 
 
 def _sqlstate(exc: BaseException) -> str | None:

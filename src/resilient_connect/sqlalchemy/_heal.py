@@ -305,19 +305,23 @@ def _await(awaitable: Awaitable[T]) -> T:
 def attempt_timeout(dialect: Dialect | None, seconds: float) -> Exception:
     """The error for a connect attempt we cut short: the driver's own kind where we know it.
 
-    psycopg gets its ``ConnectionTimeout`` (``connection timeout expired: ...``,
-    judged as psycopg's own timeouts are); other drivers get their DBAPI
+    psycopg gets its ``ConnectionTimeout``; other drivers get their DBAPI
     ``OperationalError``; without a dialect, a :class:`TimeoutError`. SQLAlchemy
     wraps the DBAPI ones into ``sqlalchemy.exc.OperationalError``, as it does
-    for the driver's own timeouts.
+    for the driver's own timeouts. The text starts as libpq's timeouts do, so
+    every driver's cut attempt is judged a timeout (``pg:timeout``), and a
+    give-up message names what earlier attempts reported as well.
     """
-    text = f"connection attempt cut short after {seconds:.2f}s (time left under the policy)"
+    text = (
+        "connection timeout expired: connection attempt cut short after "
+        f"{seconds:.2f}s (time left under the policy)"
+    )
     if dialect is None:
         return TimeoutError(text)
     dbapi = dialect.loaded_dbapi
     timeout_type = getattr(getattr(dbapi, "errors", None), "ConnectionTimeout", None)
     if isinstance(timeout_type, type) and issubclass(timeout_type, Exception):
-        return timeout_type(f"connection timeout expired: {text}")
+        return timeout_type(text)
     error_type = getattr(dbapi, "OperationalError", None)
     if isinstance(error_type, type) and issubclass(error_type, Exception):
         return error_type(text)
