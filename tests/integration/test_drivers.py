@@ -223,9 +223,11 @@ def test_starting_up(driver: str, make_postgres: Callable[..., PostgresServer]) 
     assert "pg:standby" in tally.rules()
 
 
-@drivers
-def test_too_many_connections(driver: str, make_postgres: Callable[..., PostgresServer]) -> None:
-    """53300 while every slot is taken, until one frees: waited out, asyncpg included."""
+def _every_slot_taken(
+    make_postgres: Callable[..., PostgresServer],
+) -> tuple[PostgresServer, Callable[[], None]]:
+    """A server whose connection slots are all held (the app gets 53300), and a function
+    that frees them."""
     server = make_postgres(extra_conf={"max_connections": 4, "superuser_reserved_connections": 1})
     held = [psycopg.connect(server.conninfo) for _ in range(3)]
 
@@ -233,6 +235,13 @@ def test_too_many_connections(driver: str, make_postgres: Callable[..., Postgres
         for conn in held:
             conn.close()
 
+    return server, release
+
+
+@drivers
+def test_too_many_connections(driver: str, make_postgres: Callable[..., PostgresServer]) -> None:
+    """53300 while every slot is taken, until one frees: waited out, asyncpg included."""
+    server, release = _every_slot_taken(make_postgres)
     try:
         with later(release):
             tally = _recovers(driver, _target(server))
@@ -250,8 +259,7 @@ def test_give_up_names_the_cause_behind_a_last_attempt_cut_at_the_deadline(
     """Every slot is taken (53300), then the server stops answering, so the last attempt
     is cut off at the deadline: the message still names the 53300 answer, not only the
     timeout of the attempt that was cut."""
-    server = make_postgres(extra_conf={"max_connections": 4, "superuser_reserved_connections": 1})
-    held = [psycopg.connect(server.conninfo) for _ in range(3)]
+    server, release = _every_slot_taken(make_postgres)
     proxy = fault_proxy(server.address)
     target = Target(server.url_for(port=proxy.port), server.conninfo_for(port=proxy.port))
 
@@ -269,8 +277,7 @@ def test_give_up_names_the_cause_behind_a_last_attempt_cut_at_the_deadline(
         with pytest.raises(RetryExhausted) as caught:
             _connect(driver, target, Backoff(timeout=2.0), tally)
     finally:
-        for conn in held:
-            conn.close()
+        release()
     assert caught.value.reason == "deadline"
     assert caught.value.attempts >= 2
     assert "pg:too-many-connections" in tally.rules()

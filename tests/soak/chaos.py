@@ -166,7 +166,7 @@ class _Board:
                 self.result.late.append(
                     f"{worker}: {kind} took {now - start:.2f} s (bound {bound:g} s)"
                     + (f", ended with {type(error).__name__}" if error else "")
-                    + self._when(start)
+                    + self._when(start, now)
                 )
             if error is None:
                 self.successes.setdefault(worker, []).append(now)
@@ -177,14 +177,15 @@ class _Board:
             else:
                 self.result.errors[f"{kind}: {verdict}"] += 1
 
-    def _when(self, start: float) -> str:
-        """When an operation started, and the last fault applied before it ended."""
+    def _when(self, start: float, now: float) -> str:
+        """When an operation (running from ``start`` to ``now``) started, the load then, the
+        last fault applied before it and the first one applied while it ran."""
         text = f", started at +{start - self.started:.1f} s (load {os.getloadavg()[0]:.1f})"
-        index = bisect.bisect_left(self.applied, (start + 0.001, ""))
+        index = bisect.bisect_right(self.applied, start, key=lambda applied: applied[0])
         if index:
             at, fault = self.applied[index - 1]
             text += f", {start - at:.1f} s after {fault} began"
-        if index < len(self.applied):
+        if index < len(self.applied) and self.applied[index][0] <= now:
             at, fault = self.applied[index]
             text += f"; {fault} began {at - start:.1f} s into it"
         return text
@@ -197,7 +198,8 @@ class _Board:
                 self.reported.add((worker, start))
                 with self.lock:
                     self.result.hangs.append(
-                        f"{worker}: still running after {now - start:.1f} s" + self._when(start)
+                        f"{worker}: still running after {now - start:.1f} s"
+                        + self._when(start, now)
                     )
 
 
